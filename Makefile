@@ -1,0 +1,32 @@
+# Two commands on a fresh machine with only Python 3 and pip:
+#   make train   bootstrap .venv, install trainkit, train the default recipe, print the result
+#   make test    bootstrap .venv, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Installed before the package so that pip does not resolve `torch` to a multi-GB CUDA build
+# on machines that only have a CPU; override with e.g. TORCH_SPEC='torch==2.13.0' or 'torch'.
+TORCH_SPEC ?= torch==2.13.0
+RECIPE ?= recipes/digits_mlp.yaml
+PYTEST_ARGS ?=
+STAMP := $(VENV)/.trainkit-installed
+
+.PHONY: train test bootstrap clean
+
+bootstrap: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/trainkit fit --config $(RECIPE)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,143 @@
+"""``trainkit`` command line: dispatches to the Lightning stages or to trainkit's own commands.
+
+Only this module is imported before a command is chosen, so ``trainkit --help`` stays quick;
+torch and Lightning load when a command needs them.
+
+Exit codes: 0 success, 2 bad input (one message naming the culprit), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Sequence
+
+STAGES = ("fit", "validate", "test", "predict")
+
+HELP = """\
+usage: trainkit <command> [options]
+
+Turns a recipe YAML file into a Lightning training run.
+
+stages (LightningCLI; each takes --config RECIPE.yaml, dotted overrides such as
+--model.optimizer.lr=0.05 or --trainer.max_epochs=3, --print_config and --help):
+  fit        train; reports the validation metrics of the best checkpoint
+  validate   evaluate a run's checkpoint on the validation split (--run.name, --ckpt_path)
+  test       evaluate a run's checkpoint on the test split (--run.name, --ckpt_path best|last|PATH)
+  predict    write class probabilities of the test split to <run dir>/predictions.csv
+
+trainkit commands:
+  list KIND  registered names with a one-line description; KIND is one of:
+             {kinds}
+
+Every run lives in <run.root>/<run.experiment>/<run.name>/. See README.md for recipes.
+"""
+
+
+def _registries() -> dict[str, Callable[[], object]]:
+    """Kinds for ``trainkit list``, each imported only when asked for."""
+
+    def archs():
+        from trainkit.models import ARCHS
+
+        return ARCHS
+
+    def activations():
+        from trainkit.nn.activations import ACTIVATIONS
+
+        return ACTIVATIONS
+
+    def datasets():
+        from trainkit.data.datasets import DATASETS
+
+        return DATASETS
+
+    def optimizers():
+        from trainkit.optim.optimizers import OPTIMIZERS
+
+        return OPTIMIZERS
+
+    return {"archs": archs, "activations": activations, "datasets": datasets, "optimizers": optimizers}
+
+
+def cmd_list(args: Sequence[str]) -> int:
+    """``trainkit list KIND [PATTERN]``: print registered names and descriptions."""
+    from trainkit.errors import ConfigError
+
+    kinds = _registries()
+    if not args or args[0] in ("-h", "--help"):
+        print(f"usage: trainkit list {{{','.join(kinds)}}} [GLOB]")
+        return 0 if args else 2
+    if args[0] not in kinds:
+        raise ConfigError(f"unknown kind {args[0]!r} (known: {', '.join(kinds)})", "list")
+    registry = kinds[args[0]]()
+    names = registry.names(args[1] if len(args) > 1 else None)
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        print(f"{name:<{width}}  {registry.describe(name)}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"list": cmd_list}
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    """Metrics as an aligned two-column table.
+
+    >>> print(format_table({"val/acc": 0.96, "val/loss": 0.125}))
+    metric    value
+    val/acc   0.9600
+    val/loss  0.1250
+    """
+    width = max([len("metric")] + [len(k) for k in metrics])
+    lines = [f"{'metric':<{width}}  value"]
+    lines += [f"{k:<{width}}  {v:.4f}" for k, v in sorted(metrics.items())]
+    return "\n".join(lines)
+
+
+def run_stage(argv: Sequence[str]) -> int:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from trainkit.runner import run
+
+    result = run(list(argv))
+    if rank_zero_only.rank == 0:
+        if result.metrics:
+            print(format_table(result.metrics))
+        for key, value in result.extra.items():
+            print(f"{key}: {value}")
+        print(f"run dir: {result.run_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``trainkit`` and ``python -m trainkit``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(HELP.format(kinds=", ".join(_registries())))
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from trainkit import __version__
+
+        print(f"trainkit {__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    from trainkit.errors import ConfigError
+
+    try:
+        if command in STAGES:
+            return run_stage(argv)
+        if command in COMMANDS:
+            return COMMANDS[command](rest)
+        raise ConfigError(f"unknown command {command!r} (known: {', '.join((*STAGES, *COMMANDS))})")
+    except ConfigError as e:
+        print(f"trainkit: error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # jsonargparse's own exits (--help, --print_config, bad input: 2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except KeyboardInterrupt:
+        return 130
+
+
+def console() -> None:
+    """Console-script wrapper: exit with :func:`main`'s code."""
+    sys.exit(main())

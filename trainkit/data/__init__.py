@@ -1,0 +1,1 @@
+"""Datasets by name and the data module that splits, standardizes and loads them."""

@@ -1,0 +1,1 @@
+"""Building blocks shared by the architectures: activations (and, later, init and norms)."""

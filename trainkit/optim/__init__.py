@@ -1,0 +1,1 @@
+"""Optimizers by name (and, later, schedules and batch-size scaling)."""

@@ -1,0 +1,112 @@
+"""One small registry for everything swappable by name (architectures, datasets, optimizers,
+schedules, init schemes, ...), in the spirit of timm's ``list_models``/``create_model``.
+
+>>> r = Registry("schedule")
+>>> @r.register("cosine")
+... def cosine(step):
+...     '''Half a cosine from the peak lr down to zero.'''
+...     return step
+>>> r.names()
+['cosine']
+>>> r.get("cosin")
+Traceback (most recent call last):
+...
+trainkit.errors.ConfigError: unknown schedule 'cosin'; did you mean 'cosine'? (known: cosine)
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from typing import Any, Callable, Generic, TypeVar
+
+from trainkit.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps lowercase names to objects (classes or factories) of one kind.
+
+    Args:
+        kind: what the entries are, singular ("architecture"); it appears in error messages.
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+        self._descriptions: dict[str, str] = {}
+
+    def register(self, name: str, obj: T | None = None, *, description: str | None = None) -> Any:
+        """Register ``obj`` under ``name``; without ``obj``, return a decorator.
+
+        The description defaults to the first line of the object's docstring.
+
+        Raises:
+            ValueError: the name is taken or not lowercase (a programming error, not user input).
+        """
+
+        def add(o: T) -> T:
+            if name != name.lower() or not name:
+                raise ValueError(f"{self.kind} names are lowercase and non-empty, got {name!r}")
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = o
+            doc = description if description is not None else inspect.getdoc(o) or ""
+            self._descriptions[name] = doc.strip().splitlines()[0] if doc.strip() else ""
+            return o
+
+        return add if obj is None else add(obj)
+
+    def get(self, name: str) -> T:
+        """The entry named ``name``.
+
+        Raises:
+            ConfigError: unknown name; the message lists close matches and all known names.
+        """
+        if not isinstance(name, str) or name not in self._entries:
+            raise ConfigError(self.unknown_message(name))
+        return self._entries[name]
+
+    def unknown_message(self, name: Any) -> str:
+        known = self.names()
+        close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        return f"unknown {self.kind} {name!r}{hint} (known: {', '.join(known)})"
+
+    def describe(self, name: str) -> str:
+        """One-line description of an entry."""
+        self.get(name)
+        return self._descriptions[name]
+
+    def names(self, pattern: str | None = None) -> list[str]:
+        """Sorted registered names, optionally filtered by a glob (``resnet*``)."""
+        names = sorted(self._entries)
+        return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], what: str, skip: tuple[str, ...] = ()) -> None:
+    """Raise a :class:`ConfigError` if ``kwargs`` has a key that ``fn`` does not accept.
+
+    Args:
+        fn: the function or class whose signature defines the valid keys.
+        kwargs: the user's keyword arguments.
+        what: how to name the thing in the message ("optimizer 'sgd'").
+        skip: parameters that trainkit fills in itself (e.g. ``params``), invalid from users.
+    """
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n, p in params.items() if n not in skip and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for key in kwargs:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{what} has no argument {key!r}{hint} (valid: {', '.join(valid)})")
