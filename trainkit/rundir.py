@@ -42,23 +42,29 @@ class RunConfig:
     resume: str = "auto"
 
 
-def default_run_name(env: Mapping[str, str] = os.environ) -> str:
-    """The run name when the recipe gives none: the same on every rank of one job.
+RUN_DIR_ENV = "TRAINKIT_RUN_DIR"
+
+
+def default_run_name(env: Mapping[str, str] = os.environ) -> tuple[str, bool]:
+    """The run name when the recipe gives none, and whether it names a job (so restarts reuse it).
+
+    A SLURM job id or a torchrun run id is the same on every rank and every restart of one
+    job, so a restarted job finds its run dir again. Otherwise the name is a timestamp.
 
     >>> default_run_name({"SLURM_JOB_ID": "42"})
-    'slurm-42'
+    ('slurm-42', True)
     >>> default_run_name({"SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "3", "SLURM_JOB_ID": "9"})
-    'slurm-7_3'
+    ('slurm-7_3', True)
     >>> default_run_name({"TORCHELASTIC_RUN_ID": "abc"})
-    'torchrun-abc'
+    ('torchrun-abc', True)
     """
     if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        return f"slurm-{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+        return f"slurm-{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}", True
     if env.get("SLURM_JOB_ID"):
-        return f"slurm-{env['SLURM_JOB_ID']}"
+        return f"slurm-{env['SLURM_JOB_ID']}", True
     if env.get("TORCHELASTIC_RUN_ID", "none") != "none":
-        return f"torchrun-{env['TORCHELASTIC_RUN_ID']}"
-    return time.strftime("%Y%m%d-%H%M%S")
+        return f"torchrun-{env['TORCHELASTIC_RUN_ID']}", True
+    return time.strftime("%Y%m%d-%H%M%S"), False
 
 
 def _check_name(value: str, key: str) -> str:
@@ -153,13 +159,23 @@ def resolve_run_dir(run: RunConfig, recipe_path: str | None, stage: str) -> RunD
         raise ConfigError(
             f"must be auto, never, or the path of an existing checkpoint; got {run.resume!r}", "run.resume"
         )
-    name = _check_name(run.name or default_run_name(), "run.name")
+    if os.environ.get(RUN_DIR_ENV) and "LOCAL_RANK" in os.environ:
+        # a process Lightning started for another device: the run dir its parent chose
+        return RunDir(Path(os.environ[RUN_DIR_ENV]))
+    if run.name:
+        name, reusable = _check_name(run.name, "run.name"), True
+    else:
+        name, reusable = default_run_name()
     path = base / name
-    if run.resume == "never":
+    if run.resume == "never" or not reusable:
+        # a timestamp names a new run: one started in the same second gets the next version
         version = 0
         while path.exists() and any(path.iterdir()):
             version += 1
             path = base / f"{name}-v{version}"
+    if "LOCAL_RANK" not in os.environ:
+        # the processes Lightning starts for the other devices inherit this: one run dir
+        os.environ[RUN_DIR_ENV] = str(path)
     return RunDir(path)
 
 

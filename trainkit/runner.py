@@ -69,6 +69,12 @@ class TrainkitCLI(LightningCLI):
 
     def __init__(self, args: list[str]):
         self.result: StageResult | None = None
+        with warnings.catch_warnings():
+            # argv is given explicitly on purpose (the CLI passes sys.argv[1:], tests their own)
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            self._start(args)
+
+    def _start(self, args: list[str]) -> None:
         super().__init__(
             Classifier,
             DataModule,
@@ -268,10 +274,7 @@ def run(argv: list[str]) -> StageResult:
         SystemExit: code 2 for input jsonargparse rejects (unknown keys, wrong types, bad YAML).
     """
     try:
-        with warnings.catch_warnings():
-            # argv is given explicitly on purpose (the CLI passes sys.argv[1:], tests their own)
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            cli = TrainkitCLI(argv)
+        cli = TrainkitCLI(argv)
         assert cli.result is not None, "every stage sets a result"
         return cli.result
     finally:

@@ -10,7 +10,6 @@ from functools import cached_property
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainkit.data.datasets import DATASETS, ArrayData
@@ -22,22 +21,31 @@ SPLITS = ("train", "val", "test")
 def stratified_split(
     y: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, np.ndarray]:
-    """Seeded stratified train/val/test indices (each split keeps the class ratios).
+    """Seeded stratified train/val/test indices.
+
+    Each class is shuffled and cut so that its count in every split is within one sample of
+    its exact share (largest-remainder rounding per class, ties broken at random so that the
+    split sizes do not drift towards one split). scikit-learn's two-stage ``train_test_split``
+    does not promise that.
 
     >>> idx = stratified_split(np.repeat([0, 1], 50), 0.2, 0.2, seed=0)
     >>> [len(idx[s]) for s in ("train", "val", "test")]
     [60, 20, 20]
     """
-    all_idx = np.arange(len(y))
-    rest, test = (all_idx, all_idx[:0])
-    if test_fraction > 0:
-        rest, test = train_test_split(all_idx, test_size=test_fraction, stratify=y, random_state=seed)
-    train, val = (rest, rest[:0])
-    if val_fraction > 0:
-        train, val = train_test_split(
-            rest, test_size=val_fraction / (1 - test_fraction), stratify=y[rest], random_state=seed
-        )
-    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+    rng = np.random.default_rng(seed)
+    fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
+    parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        share = len(members) * fractions
+        counts = np.floor(share).astype(int)
+        remainder = share - counts
+        # hand the leftover samples to the splits with the largest remainders (random ties)
+        order = np.lexsort((rng.random(3), -remainder))
+        counts[order[: len(members) - counts.sum()]] += 1
+        for split, piece in zip(SPLITS, np.split(members, np.cumsum(counts)[:-1])):
+            parts[split].append(piece)
+    return {s: np.sort(np.concatenate(parts[s])) for s in SPLITS}
 
 
 def standardization_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
