@@ -26,6 +26,8 @@ stages (LightningCLI; each takes --config RECIPE.yaml, dotted overrides such as
   predict    write class probabilities of the test split to <run dir>/predictions.csv
 
 trainkit commands:
+  launch     --config R.yaml --nodes N --devices D [--torchrun | --slurm] [--dry-run] [overrides]
+             print the launch plan, render the torchrun command or sbatch script, start it
   list KIND  registered names with a one-line description; KIND is one of:
              {kinds}
 
@@ -77,7 +79,14 @@ def cmd_list(args: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"list": cmd_list}
+def cmd_launch(args: Sequence[str]) -> int:
+    """``trainkit launch``: the launch plan, then torchrun or sbatch."""
+    from trainkit.launch import cmd_launch as launch
+
+    return launch(args)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"list": cmd_list, "launch": cmd_launch}
 
 
 def format_table(metrics: dict[str, float]) -> str:

@@ -173,9 +173,6 @@ def resolve_run_dir(run: RunConfig, recipe_path: str | None, stage: str) -> RunD
         while path.exists() and any(path.iterdir()):
             version += 1
             path = base / f"{name}-v{version}"
-    if "LOCAL_RANK" not in os.environ:
-        # the processes Lightning starts for the other devices inherit this: one run dir
-        os.environ[RUN_DIR_ENV] = str(path)
     return RunDir(path)
 
 

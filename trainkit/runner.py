@@ -9,6 +9,7 @@ any file is written.
 from __future__ import annotations
 
 import csv
+import os
 import difflib
 import re
 import warnings
@@ -24,12 +25,15 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
+from trainkit.callbacks.preemption import Preemption
+from trainkit.callbacks.world import WorldRecord
 from trainkit.data.datamodule import DataModule
 from trainkit.errors import ConfigError
 from trainkit.metrics import STAGES
 from trainkit.module import Classifier
-from trainkit.rundir import RunConfig, RunDir, atomic_write_text, resolve_run_dir, resume_checkpoint, wandb_mode
+from trainkit.rundir import RUN_DIR_ENV, RunConfig, RunDir, atomic_write_text, resolve_run_dir, resume_checkpoint, wandb_mode
 
 METRIC_NAMES = ("loss", "acc", "precision", "recall", "f1", "auroc")
 
@@ -67,8 +71,9 @@ class StageResult:
 class TrainkitCLI(LightningCLI):
     """LightningCLI with trainkit's run dir, checkpoints, W&B logger and results."""
 
-    def __init__(self, args: list[str]):
+    def __init__(self, args: list[str], run_stage: bool = True):
         self.result: StageResult | None = None
+        self.run_stage = run_stage  # False: parse, check and build everything, run nothing
         with warnings.catch_warnings():
             # argv is given explicitly on purpose (the CLI passes sys.argv[1:], tests their own)
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -138,7 +143,14 @@ class TrainkitCLI(LightningCLI):
                     auto_insert_metric_name=False,
                 )
             )
+            callbacks += [
+                Preemption(self.run_dir.checkpoints / "last.ckpt"),
+                WorldRecord(self.datamodule.batch_size),
+            ]
         kwargs["callbacks"] = callbacks
+        if SLURMEnvironment.detect() and not TorchElasticEnvironment.detect():
+            # trainkit's Preemption callback checkpoints and requeues instead of Lightning's handler
+            kwargs["plugins"] = [*(trainer_cfg.get("plugins") or []), SLURMEnvironment(auto_requeue=False)]
         if trainer_cfg.get("logger") is None:
             kwargs["logger"] = self._loggers()
         kwargs.setdefault("default_root_dir", str(self.run_dir.path))
@@ -161,7 +173,14 @@ class TrainkitCLI(LightningCLI):
         return [wandb, CSVLogger(save_dir=str(self.run_dir.path), name="csv")]
 
     # -- stages -------------------------------------------------------------------------------
+    def _run_subcommand(self, subcommand: str) -> None:
+        if self.run_stage:
+            super()._run_subcommand(subcommand)
+
     def before_fit(self) -> None:
+        if "LOCAL_RANK" not in os.environ:
+            # the processes Lightning starts for the other devices inherit this: one run dir
+            os.environ[RUN_DIR_ENV] = str(self.run_dir.path)
         _create_run_dir(self.run_dir, self.recipe_text)
         cfg = self.config_init["fit"]
         if cfg.get("ckpt_path") is None:
@@ -169,6 +188,11 @@ class TrainkitCLI(LightningCLI):
 
     def fit(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
         self.trainer.fit(model, datamodule=datamodule, **kwargs)
+        preemption = next(c for c in self.trainer.callbacks if isinstance(c, Preemption))
+        if preemption.preempted:
+            # the requeued job (or the next `fit` with resume: auto) continues from last.ckpt
+            self.result = StageResult("fit", {}, self.run_dir.path, {"fit/preempted_at_step": self.trainer.global_step})
+            return
         best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
         # fit reports the validation metrics of the checkpoint it calls best, not the last epoch
         metrics = self.trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]

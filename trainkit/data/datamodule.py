@@ -5,12 +5,13 @@ Its typed ``__init__`` arguments are the ``data.*`` keys of a recipe.
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from trainkit.data.datasets import DATASETS, ArrayData
 from trainkit.errors import ConfigError
@@ -151,10 +152,19 @@ class DataModule(pl.LightningDataModule):
         pin = self.pin_memory
         if pin is None:
             pin = bool(self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
+        sampler = None
+        if shuffle:
+            # The same sampler at every world size: one permutation per (seed, epoch) (Lightning
+            # calls set_epoch), rank r taking every world_size-th index. Hence a fresh order each
+            # epoch, disjoint shards per rank, and 2 ranks x batch b see the same samples per step
+            # as 1 process x batch 2b. Seed as Lightning's own injected sampler does.
+            world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+            sampler = DistributedSampler(self.splits[split], num_replicas=world, rank=rank, shuffle=True, seed=seed)
         return DataLoader(
             self.splits[split],
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=pin,
             persistent_workers=self.persistent_workers and self.num_workers > 0,

@@ -1,0 +1,1 @@
+../trainkit/templates/torchrun.sh

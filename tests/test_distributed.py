@@ -1,0 +1,127 @@
+"""Real multi-process training on the CPU: torchrun with 2 gloo workers, and two torchrun
+"nodes" on the loopback address; plus the launch plan and rendering of `trainkit launch`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DEFAULT_RECIPE, QUIET, trainkit
+from test_metrics import free_port
+
+from trainkit.cli import main
+from trainkit.launch import template
+
+TORCHRUN = Path(__file__).parents[1] / "launch" / "torchrun.sh"
+COMMON = ["--data.num_workers=0", "--trainer.accelerator=cpu", *QUIET]
+
+
+def torchrun(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.Popen:
+    full = {**os.environ, "PYTHON": sys.executable, "MASTER_PORT": str(env.pop("MASTER_PORT", free_port())), **env}
+    return subprocess.Popen(
+        ["bash", str(TORCHRUN), str(DEFAULT_RECIPE), *COMMON, *args],
+        env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def net_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith("net.")}
+
+
+def test_torchrun_two_workers_match_one_process_with_the_same_global_batch():
+    # 19 full steps per epoch: with the padded last batch the two worlds would see different samples
+    steps = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=19"]
+    out = finish(torchrun({"NPROC": "2", "RUN_ID": "ddp"}, "--data.batch_size=32", *steps))
+    assert out.count("run dir: runs/digits_mlp/torchrun-ddp") == 1, "rank zero alone reports"
+    single = trainkit("fit", "--config", str(DEFAULT_RECIPE), "--run.name=single", "--data.batch_size=64", *COMMON, *steps)
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    ddp_dir, single_dir = Path("runs/digits_mlp/torchrun-ddp"), Path("runs/digits_mlp/single")
+    ddp_ckpt = torch.load(ddp_dir / "checkpoints/last.ckpt", weights_only=True)
+    assert ddp_ckpt["trainkit_world"] == {
+        "world_size": 2, "num_nodes": 1, "accumulate_grad_batches": 1, "batch_size": 32, "global_batch": 64,
+    }
+    a, b = net_weights(ddp_dir / "checkpoints/last.ckpt"), net_weights(single_dir / "checkpoints/last.ckpt")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4, msg=key)
+    assert ddp_ckpt["global_step"] == 2 * 19
+    # and training really happened: accuracy well above chance in both
+    for run in (ddp_dir, single_dir):
+        assert json.loads((run / "metrics.json").read_text())["val/acc"] > 0.5  # chance is 0.1; 20 steps
+
+
+def test_two_torchrun_nodes_on_loopback_train_together():
+    port = free_port()
+    nodes = [
+        torchrun({"NNODES": "2", "NODE_RANK": str(rank), "NPROC": "1", "RUN_ID": "twonode", "MASTER_PORT": str(port)},
+                 "--trainer.max_epochs=2")
+        for rank in (0, 1)
+    ]
+    outs = [finish(p) for p in nodes]
+    assert "run dir: runs/digits_mlp/torchrun-twonode" in outs[0]
+    run = Path("runs/digits_mlp/torchrun-twonode")
+    world = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["trainkit_world"]
+    assert world["world_size"] == 2 and world["num_nodes"] == 2 and world["global_batch"] == 128
+    assert json.loads((run / "metrics.json").read_text())["val/acc"] > 0.5  # chance is 0.1; 20 steps
+
+
+HOSTILE = "--run.name=a b;$(touch pwned)`id`'\""
+
+
+def test_launch_dry_run_torchrun_quotes_every_value(capsys):
+    assert main(["launch", "--config", str(DEFAULT_RECIPE), "--devices", "2", "--dry-run", HOSTILE]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("plan: world size 2 = 1 node(s) x 2 device(s); global batch 128 = 64 x 2 x 1 accum")
+    command = shlex.split(out[-1])
+    assert command[:2] == ["env", "NPROC=2"] and command[-1] == HOSTILE, "the shell gives back exactly the value"
+    assert command[-3] == str(template("torchrun.sh"))
+    assert not Path("pwned").exists() and not Path("runs").exists(), "a dry run starts and writes nothing"
+
+
+def test_launch_dry_run_slurm_renders_the_template_with_quoted_values(capsys, tmp_path):
+    args = ["launch", "--config", str(DEFAULT_RECIPE), "--slurm", "--nodes", "2", "--devices", "4", "--dry-run",
+            "--partition", "gpu", "--time", "00:30:00", HOSTILE, "--model.optimizer.lr=0.05"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    plan, script = out.split("\n", 1)
+    assert "world size 8 = 2 node(s) x 4 device(s)" in plan and "global batch 512" in plan
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --partition=gpu",
+                 "#SBATCH --time=00:30:00", "#SBATCH --signal=USR1@90", "#SBATCH --requeue"):
+        assert line in script.splitlines(), line
+    # the rendered script, run by bash, receives exactly the recipe and the overrides
+    probe = tmp_path / "probe.sh"
+    head = script.split("set -euo pipefail")[0]
+    probe.write_text(head + 'printf "%s\\n" "$@"\n')
+    got = subprocess.run(["bash", str(probe)], capture_output=True, text=True, cwd=tmp_path).stdout.splitlines()
+    assert got == [str(DEFAULT_RECIPE), HOSTILE, "--model.optimizer.lr=0.05"]
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--slurm", "--partition", "gpu;rm -rf /"], ["--partition", "plain word"]),
+        (["--nodes", "0"], ["--nodes", ">= 1"]),
+        (["--model.arch=mlpp"], ["model.arch", "'mlp'"]),
+        (["stray"], ["stray", "--key=value"]),
+    ],
+)
+def test_launch_refuses_bad_input_before_starting_anything(argv, words, capsys):
+    assert main(["launch", "--config", str(DEFAULT_RECIPE), "--dry-run", *argv]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words), err
+    assert not Path("runs").exists()

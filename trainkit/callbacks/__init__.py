@@ -1,0 +1,1 @@
+"""Lightning callbacks trainkit adds to every run (preemption, resume checks, ...)."""

@@ -1,0 +1,207 @@
+"""``trainkit launch``: render and start a torchrun command or an sbatch script from the
+templates in ``launch/`` (``trainkit/templates/``), after printing the launch plan.
+
+The recipe is parsed and checked here first (exit 2 on bad input), so a broken recipe never
+reaches a cluster queue. Every value that reaches a shell is quoted with :func:`shlex.quote`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import shlex
+import subprocess
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+from trainkit.errors import ConfigError
+
+
+def template(name: str) -> Path:
+    """Path of a launch template shipped in the package (``torchrun.sh``, ``slurm.sbatch``)."""
+    return Path(str(resources.files("trainkit") / "templates" / name))
+
+
+@dataclass
+class Plan:
+    """What a launch will do, computed from the recipe and the world it is launched in."""
+
+    nodes: int
+    devices: int
+    batch_size: int
+    accumulate: int
+    train_samples: int
+    lr: float
+    lr_note: str
+    experiment_dir: Path
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.devices
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size * self.accumulate
+
+    @property
+    def steps_per_epoch(self) -> int:
+        # the distributed sampler pads every rank to ceil(n / world) samples
+        per_rank = math.ceil(self.train_samples / self.world_size)
+        return math.ceil(math.ceil(per_rank / self.batch_size) / self.accumulate)
+
+    def describe(self) -> str:
+        return (
+            f"world size {self.world_size} = {self.nodes} node(s) x {self.devices} device(s); "
+            f"global batch {self.global_batch} = {self.batch_size} x {self.world_size} x {self.accumulate} accum; "
+            f"{self.steps_per_epoch} steps/epoch over {self.train_samples} training samples; lr {self.lr:g} ({self.lr_note})"
+        )
+
+
+def make_plan(recipe: str, overrides: Sequence[str], nodes: int, devices: int) -> Plan:
+    """Parse and check the recipe (as ``trainkit fit`` would) and compute the launch plan."""
+    from trainkit.runner import TrainkitCLI
+
+    cli = TrainkitCLI(["fit", "--config", recipe, *overrides], run_stage=False)
+    dm, model = cli.datamodule, cli.model
+    return Plan(
+        nodes=nodes,
+        devices=devices,
+        batch_size=dm.batch_size,
+        accumulate=int(cli.trainer.accumulate_grad_batches),
+        train_samples=len(dm.splits["train"]),
+        lr=float(model.optimizer_spec.get("lr", 1e-3)),
+        lr_note="as in the recipe",
+        experiment_dir=cli.run_dir.path.parent,
+    )
+
+
+SBATCH_KEYS = ("job-name", "nodes", "ntasks-per-node", "cpus-per-task", "time", "partition", "gpus-per-node")
+
+
+def render_sbatch(text: str, settings: dict[str, str], argv: Sequence[str]) -> str:
+    """The sbatch template with ``#SBATCH --key=value`` lines set from ``settings`` and the
+    recipe and overrides baked in as quoted positional arguments.
+
+    >>> print(render_sbatch("#SBATCH --nodes=1\\nset -e\\nRECIPE=$1", {"nodes": "2"}, ["r.yaml", "--x=a b"]))
+    #SBATCH --nodes=2
+    set -- r.yaml '--x=a b'
+    set -e
+    RECIPE=$1
+    """
+    lines = text.splitlines()
+    for key, value in settings.items():
+        line = f"#SBATCH --{key}={value}"
+        idx = [i for i, s in enumerate(lines) if re.match(rf"#SBATCH --{re.escape(key)}=", s)]
+        if idx:
+            lines[idx[0]] = line
+        else:
+            last = max(i for i, s in enumerate(lines) if s.startswith("#SBATCH"))
+            lines.insert(last + 1, line)
+    # arguments go right after the #SBATCH block (sbatch stops reading directives at the first command)
+    last = max(i for i, s in enumerate(lines) if s.startswith("#SBATCH"))
+    lines.insert(last + 1, "set -- " + shlex.join(argv))
+    return "\n".join(lines) + "\n"
+
+
+def torchrun_command(argv: Sequence[str], env: dict[str, str]) -> list[str]:
+    """``env VAR=... bash torchrun.sh RECIPE overrides...`` as an argument list."""
+    return ["env", *(f"{k}={v}" for k, v in env.items()), "bash", str(template("torchrun.sh")), *argv]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trainkit launch",
+        description="Print the launch plan, render the torchrun command or sbatch script, and start it.",
+        epilog="Anything else (--model.optimizer.lr=0.1 ...) is passed to `trainkit fit` as an override.",
+    )
+    p.add_argument("--config", required=True, help="recipe YAML file")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--torchrun", action="store_true", help="start torchrun on this node (default)")
+    how.add_argument("--slurm", action="store_true", help="render an sbatch script and submit it")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--devices", type=int, default=1, help="processes (devices) per node")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and the command or script; start nothing")
+    t = p.add_argument_group("torchrun")
+    t.add_argument("--node-rank", type=int, default=0)
+    t.add_argument("--master-addr", default="127.0.0.1")
+    t.add_argument("--master-port", type=int, default=29500)
+    t.add_argument("--rdzv-endpoint", default=None, help="host:port of a c10d rendezvous (instead of master addr)")
+    t.add_argument("--run-id", default=None, help="same on every node; names the run dir")
+    t.add_argument("--max-restarts", type=int, default=0)
+    s = p.add_argument_group("slurm")
+    s.add_argument("--job-name", default="trainkit")
+    s.add_argument("--time", default="01:00:00")
+    s.add_argument("--partition", default=None)
+    s.add_argument("--cpus-per-task", type=int, default=4)
+    s.add_argument("--gpus-per-node", type=int, default=0)
+    s.add_argument("--script", default=None, help="where to write the sbatch script (default: a file beside the runs)")
+    return p
+
+
+def cmd_launch(argv: Sequence[str]) -> int:
+    """``trainkit launch``: see :func:`parser`."""
+    args, overrides = parser().parse_known_args(list(argv))
+    for bad in (o for o in overrides if not o.startswith("--")):
+        raise ConfigError(f"overrides look like --key=value, got {bad!r}", "launch")
+    if args.nodes < 1 or args.devices < 1:
+        raise ConfigError(f"--nodes and --devices must be >= 1, got {args.nodes} and {args.devices}", "launch")
+    plan = make_plan(args.config, overrides, args.nodes, args.devices)
+    print(f"plan: {plan.describe()}")
+    fit_args = [args.config, *overrides]
+    if args.slurm:
+        settings = {
+            "job-name": args.job_name,
+            "nodes": str(args.nodes),
+            "ntasks-per-node": str(args.devices),
+            "cpus-per-task": str(args.cpus_per_task),
+            "time": args.time,
+        }
+        if args.partition:
+            settings["partition"] = args.partition
+        if args.gpus_per_node:
+            settings["gpus-per-node"] = str(args.gpus_per_node)
+        for key, value in settings.items():
+            if not re.fullmatch(r"[\w.:\-]+", value):
+                raise ConfigError(f"--{key} must be a plain word (letters, digits, . : - _), got {value!r}", "launch")
+        script = render_sbatch(template("slurm.sbatch").read_text(), settings, fit_args)
+        if args.dry_run:
+            print(script, end="")
+            return 0
+        path = Path(args.script) if args.script else _script_path(plan.experiment_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(script)
+        print(f"sbatch {shlex.quote(str(path))}")
+        return subprocess.run(["sbatch", str(path)], check=False).returncode
+    env = {
+        "NPROC": str(args.devices),
+        "NNODES": str(args.nodes),
+        "MAX_RESTARTS": str(args.max_restarts),
+        "PYTHON": os.environ.get("TRAINKIT_PYTHON", _python()),
+    }
+    if args.run_id:
+        env["RUN_ID"] = args.run_id
+    if args.rdzv_endpoint:
+        env["RDZV_ENDPOINT"] = args.rdzv_endpoint
+    else:
+        env.update(NODE_RANK=str(args.node_rank), MASTER_ADDR=args.master_addr, MASTER_PORT=str(args.master_port))
+    command = torchrun_command(fit_args, env)
+    print(shlex.join(command))
+    if args.dry_run:
+        return 0
+    return subprocess.run(command, check=False).returncode
+
+
+def _python() -> str:
+    import sys
+
+    return sys.executable
+
+
+def _script_path(experiment_dir: Path) -> Path:
+    import time
+
+    return experiment_dir / "launch" / f"slurm-{time.strftime('%Y%m%d-%H%M%S')}.sbatch"
