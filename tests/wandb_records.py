@@ -28,6 +28,8 @@ def iter_payloads(path: Path) -> Iterator[bytes]:
             pos += left_in_block
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        if pos + HEADER + length > len(data):  # a writer killed mid-record (e.g. a requeued job)
+            break
         chunk = data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind == 0 and length == 0:  # zero padding at the end of a file

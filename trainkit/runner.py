@@ -27,7 +27,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
-from trainkit.callbacks.preemption import Preemption
+from trainkit.callbacks.checkpointing import LastCheckpoint
 from trainkit.callbacks.world import WorldRecord
 from trainkit.data.datamodule import DataModule
 from trainkit.errors import ConfigError
@@ -45,10 +45,13 @@ class CheckpointConfig:
     Args:
         monitor: metric that ranks checkpoints, ``<train|val>/<loss|acc|precision|recall|f1|auroc>``.
         mode: ``max`` (higher is better) or ``min``.
+        every_n_steps: also refresh ``last.ckpt`` every this many optimizer steps, mid-epoch
+            (``null``: at epoch ends only); a resume continues with the batches not yet seen.
     """
 
     monitor: str = "val/acc"
     mode: str = "max"
+    every_n_steps: int | None = None
 
     def __post_init__(self) -> None:
         valid = [f"{s}/{m}" for s in STAGES[:2] for m in METRIC_NAMES]
@@ -56,6 +59,8 @@ class CheckpointConfig:
             raise ConfigError(f"unknown metric {self.monitor!r} (valid: {', '.join(valid)})", "checkpoint.monitor")
         if self.mode not in ("min", "max"):
             raise ConfigError(f"must be min or max, got {self.mode!r}", "checkpoint.mode")
+        if self.every_n_steps is not None and self.every_n_steps < 1:
+            raise ConfigError(f"must be >= 1 or null, got {self.every_n_steps}", "checkpoint.every_n_steps")
 
 
 @dataclass
@@ -139,12 +144,12 @@ class TrainkitCLI(LightningCLI):
                     monitor=self.ckpt_cfg.monitor,
                     mode=self.ckpt_cfg.mode,
                     save_top_k=1,
-                    save_last=True,
+                    save_last=False,  # see LastCheckpoint
                     auto_insert_metric_name=False,
                 )
             )
             callbacks += [
-                Preemption(self.run_dir.checkpoints / "last.ckpt"),
+                LastCheckpoint(self.run_dir.checkpoints / "last.ckpt", self.ckpt_cfg.every_n_steps),
                 WorldRecord(self.datamodule.batch_size),
             ]
         kwargs["callbacks"] = callbacks
@@ -188,8 +193,8 @@ class TrainkitCLI(LightningCLI):
 
     def fit(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
         self.trainer.fit(model, datamodule=datamodule, **kwargs)
-        preemption = next(c for c in self.trainer.callbacks if isinstance(c, Preemption))
-        if preemption.preempted:
+        last = next(c for c in self.trainer.callbacks if isinstance(c, LastCheckpoint))
+        if last.preempted:
             # the requeued job (or the next `fit` with resume: auto) continues from last.ckpt
             self.result = StageResult("fit", {}, self.run_dir.path, {"fit/preempted_at_step": self.trainer.global_step})
             return

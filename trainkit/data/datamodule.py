@@ -11,9 +11,10 @@ from functools import cached_property
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from trainkit.data.datasets import DATASETS, ArrayData
+from trainkit.data.loader import EpochSampler, ResumableLoader
 from trainkit.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
@@ -152,23 +153,19 @@ class DataModule(pl.LightningDataModule):
         pin = self.pin_memory
         if pin is None:
             pin = bool(self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
-        sampler = None
-        if shuffle:
-            # The same sampler at every world size: one permutation per (seed, epoch) (Lightning
-            # calls set_epoch), rank r taking every world_size-th index. Hence a fresh order each
-            # epoch, disjoint shards per rank, and 2 ranks x batch b see the same samples per step
-            # as 1 process x batch 2b. Seed as Lightning's own injected sampler does.
-            world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-            sampler = DistributedSampler(self.splits[split], num_replicas=world, rank=rank, shuffle=True, seed=seed)
-        return DataLoader(
-            self.splits[split],
+        kwargs: dict = dict(
             batch_size=self.batch_size,
-            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=pin,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
+        if not shuffle:
+            return DataLoader(self.splits[split], **kwargs)
+        # Seeded as Lightning's own injected sampler; Lightning calls set_epoch every epoch.
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        sampler = EpochSampler(self.splits[split], num_replicas=world, rank=rank, seed=seed)
+        return ResumableLoader(self.splits[split], sampler=sampler, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

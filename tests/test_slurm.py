@@ -1,0 +1,80 @@
+"""A real one-node SLURM cluster (Debian's packages, started here): launch/slurm.sbatch with
+2 tasks trains to the expected metrics, and a preempted job requeues and resumes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DEFAULT_RECIPE, QUIET
+from slurm_cluster import Cluster, ensure_installed
+from wandb_records import read_run
+
+SBATCH = Path(__file__).parents[1] / "launch" / "slurm.sbatch"
+TRAINKIT = str(Path(sys.executable).with_name("trainkit"))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = ensure_installed()
+    if reason:
+        pytest.skip(reason)
+    c = Cluster(tmp_path_factory.mktemp("slurm"), cpus=2)
+    c.start()
+    yield c
+    c.stop()
+
+
+def submit(cluster: Cluster, *overrides: str) -> str:
+    out = cluster.run(
+        "sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--time=00:10:00",
+        str(SBATCH), str(DEFAULT_RECIPE), "--data.num_workers=0", "--trainer.accelerator=cpu", *QUIET, *overrides,
+        env={"TRAINKIT": TRAINKIT},
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().split(";")[0]
+
+
+def job_output(job: str) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in Path.cwd().glob(f"slurm-*-{job}.out"))
+
+
+def test_sbatch_two_tasks_train_digits(cluster):
+    job = submit(cluster, "--trainer.max_epochs=4")
+    state = cluster.wait_state(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=240)
+    assert state == "COMPLETED", job_output(job) + cluster.logs()
+    run = Path(f"runs/digits_mlp/slurm-{job}")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val/acc"] >= 0.85 and metrics["fit/epochs"] == 4, metrics
+    world = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["trainkit_world"]
+    assert world["world_size"] == 2 and world["global_batch"] == 128
+    assert job_output(job).count(f"run dir: runs/digits_mlp/slurm-{job}") == 1, "rank zero alone reports"
+
+
+def test_preempted_job_checkpoints_requeues_and_finishes(cluster):
+    epochs = 30
+    job = submit(cluster, f"--trainer.max_epochs={epochs}")
+    run = Path(f"runs/digits_mlp/slurm-{job}")
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 180
+    while not last.exists():  # first epoch done: the job is mid-run
+        assert time.monotonic() < deadline and cluster.job_state(job) in ("PENDING", "RUNNING"), job_output(job)
+        time.sleep(0.5)
+    signalled = cluster.run("scancel", "--signal=USR1", job)
+    assert signalled.returncode == 0, signalled.stderr
+
+    state = cluster.wait_state(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=300)
+    out = job_output(job)
+    assert state == "COMPLETED", out + cluster.logs()
+    assert cluster.field(job, "Restarts") == "1", "the job was requeued once"
+    assert "requeueing SLURM job" in out and "Restoring states from the checkpoint" in out, out[-3000:]
+    # finished as an uninterrupted run would: all epochs, all steps, one W&B run
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["fit/epochs"] == epochs
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["global_step"] == epochs * 10  # 1,259 samples -> 630 per rank / 64 = 10 steps
+    assert len(read_run(run)["ids"]) == 1 and len(read_run(run)["files"]) == 2

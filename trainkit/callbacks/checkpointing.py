@@ -1,0 +1,112 @@
+"""``last.ckpt``: the checkpoint every resume starts from, kept current, and preemption.
+
+Lightning 2.6's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when a top-k
+checkpoint is written in the same step, so with ``save_top_k=1`` it goes stale as soon as the
+monitored metric stops improving. trainkit keeps ``best.ckpt`` with ModelCheckpoint and
+writes ``last.ckpt`` itself: at every epoch end, optionally every N optimizer steps, and when
+SIGUSR1 arrives. Lightning writes checkpoints through an fsspec transaction (a temporary file
+renamed into place), so a killed process leaves the previous ``last.ckpt`` loadable.
+
+SIGUSR1 is SLURM's warning before a time limit (``#SBATCH --signal=USR1@90``) or a preemption
+(``scancel --signal=USR1``), sent to every task. Each rank only sets a flag in the handler; at
+the next batch boundary the ranks agree (any rank flagged), save ``last.ckpt`` mid-epoch (the
+train loader's position is in it, see ``trainkit.data.loader``), global rank zero asks SLURM to
+requeue the job, and training stops. The requeued job runs the same command with the same
+job id, so ``resume: auto`` finds the run dir and continues with the batches not yet seen.
+Lightning's own SLURM auto-requeue is switched off instead: it saves ``hpc_ckpt_N`` from
+inside the signal handler (reported to hang or corrupt, Lightning issue 21406) and its
+``ckpt_path="hpc"`` fails on a first run (20347); one resume path serves all three starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any, Mapping
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+log = logging.getLogger(__name__)
+
+
+def slurm_job_id(env: Mapping[str, str] = os.environ) -> str | None:
+    """The id ``scontrol requeue`` takes (array tasks are ``<array job>_<task>``).
+
+    >>> slurm_job_id({"SLURM_JOB_ID": "12"}), slurm_job_id({"SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "2"})
+    ('12', '7_2')
+    """
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID")
+
+
+class LastCheckpoint(Callback):
+    """Save ``path`` at every training epoch end, every ``every_n_steps`` optimizer steps, and
+    on ``signum`` (then requeue under SLURM and stop).
+
+    Args:
+        path: the run dir's ``checkpoints/last.ckpt``.
+        every_n_steps: also save mid-epoch every this many steps (None: epoch ends only).
+        signum: the preemption signal.
+    """
+
+    def __init__(self, path: Path, every_n_steps: int | None = None, signum: int = signal.SIGUSR1):
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.path = Path(path)
+        self.every_n_steps = every_n_steps
+        self.signum = signum
+        self.received = False
+        self.preempted = False
+        self._saved_at = -1
+        self._previous_handler: Any = None
+
+    def save(self, trainer: pl.Trainer) -> None:
+        """Save now (all ranks call it; rank zero writes)."""
+        trainer.save_checkpoint(self.path)
+        self._saved_at = trainer.global_step
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        # only a flag: saving from inside a signal handler can deadlock on locks the step holds
+        self.received = True
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._previous_handler = signal.signal(self.signum, self._handle)
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        # every rank must take the same decision at the same step, or the collective save hangs
+        if trainer.strategy.reduce_boolean_decision(self.received, all=False):
+            self._preempt(trainer)
+            return
+        n = self.every_n_steps
+        if n and trainer.global_step % n == 0 and trainer.global_step != self._saved_at:
+            self.save(trainer)
+
+    def _preempt(self, trainer: pl.Trainer) -> None:
+        self.save(trainer)
+        self.preempted = True
+        trainer.should_stop = True
+        job = slurm_job_id()
+        if trainer.is_global_zero and job:
+            log.warning("signal %d: checkpoint saved to %s; requeueing SLURM job %s", self.signum, self.path, job)
+            subprocess.run(["scontrol", "requeue", job], check=False)
+        elif trainer.is_global_zero:
+            log.warning("signal %d: checkpoint saved to %s; stopping", self.signum, self.path)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after a preemption the epoch "ends" early: keep the mid-epoch checkpoint just saved
+        if not trainer.fast_dev_run and not self.preempted:
+            self.save(trainer)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._previous_handler is not None:
+            signal.signal(self.signum, self._previous_handler)
