@@ -46,7 +46,7 @@ def build_net(
 
 def setup_net(net: nn.Module, trainer: Any, stage: str, init: dict[str, Any] | None, sync_bn: bool | None) -> nn.Module:
     """Trainer-time craft: SyncBatchNorm with several processes; LSUV's data pass on a fresh fit."""
-    net = sync_batchnorm(net, trainer.world_size, sync_bn)
+    net = sync_batchnorm(net, trainer.world_size, sync_bn, trainer.strategy.root_device.type)
     if stage == "fit" and init is not None and init.get("scheme") == "lsuv" and trainer.ckpt_path is None:
         _lsuv_on_rank_zero(net, trainer, {k: v for k, v in init.items() if k != "scheme"})
     return net

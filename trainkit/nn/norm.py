@@ -141,20 +141,29 @@ def uses_weight_norm(spec: NormSpec | None) -> bool:
 
 
 def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, _BatchNorm) and not isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    """Whether ``model`` has a batch norm that is not synchronized yet."""
+    from trainkit.nn.syncbn import CPUSyncBatchNorm
+
+    return any(isinstance(m, _BatchNorm) and not isinstance(m, (nn.SyncBatchNorm, CPUSyncBatchNorm))
+               for m in model.modules())
 
 
-def sync_batchnorm(model: nn.Module, world_size: int, enabled: bool | None) -> nn.Module:
-    """Batch norm layers of ``model`` as SyncBatchNorm when more than one process trains.
+def sync_batchnorm(model: nn.Module, world_size: int, enabled: bool | None, device_type: str = "cpu") -> nn.Module:
+    """Batch norm layers of ``model`` synchronized across processes when more than one trains.
 
     ``enabled``: ``None`` decides automatically (world size > 1 and batch norm present),
-    ``True``/``False`` force it. Uses Lightning's own layer-sync plugin (the mechanism behind
-    ``Trainer(sync_batchnorm=True)``), so statistics are reduced across all ranks.
+    ``True``/``False`` force it. On GPUs this is Lightning's layer-sync plugin (the mechanism
+    behind ``Trainer(sync_batchnorm=True)``, torch's SyncBatchNorm); on the CPU, where torch's
+    cannot run, trainkit's :class:`~trainkit.nn.syncbn.CPUSyncBatchNorm`.
     """
     from lightning.pytorch.plugins import TorchSyncBatchNorm
 
+    from trainkit.nn.syncbn import convert_cpu_sync_batchnorm
+
     if enabled is None:
         enabled = world_size > 1
-    if enabled and has_batchnorm(model):
-        return TorchSyncBatchNorm().apply(model)
-    return model
+    if not (enabled and has_batchnorm(model)):
+        return model
+    if device_type == "cpu":
+        return convert_cpu_sync_batchnorm(model)
+    return TorchSyncBatchNorm().apply(model)
