@@ -150,7 +150,7 @@ def _with_explicit_decay(cls: type, mode: str) -> type:
                 for p in group["params"]:
                     if not wd or p.grad is None:
                         continue
-                    if mode == "coupled":
+                    if mode == "coupled":  # in place: p.grad after the step includes wd * p
                         p.grad.add_(p, alpha=wd)
                     else:
                         p.mul_(1.0 - group["lr"] * wd)
