@@ -274,3 +274,17 @@ def test_gradcheck_of_the_model_craft_in_float64():
     assert layer.bias.grad is None
     bn = CPUSyncBatchNorm(3).double()
     assert torch.autograd.gradcheck(bn, (torch.randn(5, 3, dtype=torch.float64, requires_grad=True),))
+
+
+def test_model_craft_keys_through_the_recipe_cli():
+    cli = TrainkitCLI(["fit", "--config", str(DEFAULT_RECIPE), "--trainer.fast_dev_run=true", "--data.num_workers=0", *QUIET,
+                       "--model.arch_args={depth: 2, width: 512}", "--model.norm=layer", "--model.dropout=0.2",
+                       "--model.activation={name: leaky_relu, negative_slope: 0.2}", "--model.label_smoothing=0.1",
+                       "--model.init={scheme: orthogonal}"])
+    net = cli.model.net
+    assert [type(m).__name__ for m in net][1:6] == ["Linear", "LayerNorm", "LeakyReLU", "Dropout", "Linear"]
+    assert net[3].negative_slope == 0.2 and net[4].p == 0.2 and cli.model.hparams.label_smoothing == 0.1
+    # orthogonal with the leaky-relu gain: W W^T = gain^2 I for the 512x512 layer (before the one training step)
+    gain2 = 2 / (1 + 0.2**2)
+    w = net[5].weight.detach()
+    assert float((w @ w.T).diagonal().mean()) == pytest.approx(gain2, rel=0.05)
