@@ -64,7 +64,7 @@ def test_check_kwargs_names_the_bad_key_and_valid_ones():
         check_kwargs(f, {"params": []}, "optimizer 'sgd'", skip=("params",))
 
 
-@pytest.mark.parametrize("kind", ["archs", "activations", "datasets", "optimizers"])
+@pytest.mark.parametrize("kind", ["archs", "activations", "datasets", "optimizers", "inits", "norms"])
 def test_every_registry_is_listed_with_descriptions(kind, capsys):
     from trainkit.cli import _registries, main
 

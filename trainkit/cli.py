@@ -58,7 +58,18 @@ def _registries() -> dict[str, Callable[[], object]]:
 
         return OPTIMIZERS
 
-    return {"archs": archs, "activations": activations, "datasets": datasets, "optimizers": optimizers}
+    def inits():
+        from trainkit.nn.init import INIT_SCHEMES
+
+        return INIT_SCHEMES
+
+    def norms():
+        from trainkit.nn.norm import NORMS
+
+        return NORMS
+
+    return {"archs": archs, "activations": activations, "datasets": datasets, "optimizers": optimizers,
+            "inits": inits, "norms": norms}
 
 
 def cmd_list(args: Sequence[str]) -> int:

@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
+from trainkit.errors import ConfigError
 from trainkit.metrics import STAGES, make_metrics, scores
-from trainkit.models import build_arch
-from trainkit.optim.optimizers import build_optimizer, check_optimizer
+from trainkit.nn.craft import build_net, setup_net
+from trainkit.nn.regularize import check_regularization, make_optimizer, penalty
+from trainkit.optim.optimizers import check_optimizer
 
 
 class Classifier(pl.LightningModule):
@@ -25,7 +27,18 @@ class Classifier(pl.LightningModule):
     Args:
         arch: architecture registry name (``trainkit list archs``).
         arch_args: keyword arguments of that architecture (e.g. ``{depth: 3, width: 256}``).
-        activation: hidden activation registry name (``trainkit list activations``).
+        activation: hidden activation (``trainkit list activations``): a name or
+            ``{name: leaky_relu, negative_slope: 0.1}``.
+        norm: normalization (``trainkit list norms``): a name or ``{name: group, groups: 8}``;
+            ``null`` keeps the architecture's default (mlp: none, cnn and resnets: batch).
+        sync_batchnorm: batch norm as SyncBatchNorm; ``null``: when more than one process trains.
+        dropout: dropout rate of the hidden layers (adapted models: every dropout layer);
+            ``null`` keeps the architecture's default.
+        init: ``{scheme: ..., <its arguments>, zero_init_last: false}`` (``trainkit list inits``);
+            ``null`` keeps PyTorch's default init.
+        label_smoothing: label smoothing of the training loss (val/test losses are plain).
+        regularization: ``{no_decay_bias_norm, weight_decay_mode, l1, l2}``, see
+            :mod:`trainkit.nn.regularize`.
         optimizer: ``{name: ..., lr: ..., <optimizer arguments>}`` (``trainkit list optimizers``).
         num_classes: number of classes; linked from the data module, not set in recipes.
         input_shape: shape of one input; linked from the data module, not set in recipes.
@@ -35,7 +48,13 @@ class Classifier(pl.LightningModule):
         self,
         arch: str = "mlp",
         arch_args: dict[str, Any] | None = None,
-        activation: str = "relu",
+        activation: str | dict[str, Any] = "relu",
+        norm: str | dict[str, Any] | None = None,
+        sync_batchnorm: bool | None = None,
+        dropout: float | None = None,
+        init: dict[str, Any] | None = None,
+        label_smoothing: float = 0.0,
+        regularization: dict[str, Any] | None = None,
         optimizer: dict[str, Any] = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True},  # noqa: B006
         num_classes: int = 10,
         input_shape: tuple[int, ...] = (1, 8, 8),
@@ -45,10 +64,16 @@ class Classifier(pl.LightningModule):
         self.save_hyperparameters(logger=False)
         check_optimizer(optimizer)  # fail on a bad spec now, not at the first step
         self.optimizer_spec = dict(optimizer)
-        self.net = build_arch(arch, num_classes, input_shape, activation, arch_args)
+        self.regularization = check_regularization(regularization)
+        if not 0 <= label_smoothing < 1:
+            raise ConfigError(f"must be in [0, 1), got {label_smoothing}", "model.label_smoothing")
+        self.net = build_net(arch, num_classes, input_shape, activation, arch_args, norm, dropout, init)
         # keyed "<stage>_": a ModuleDict key "train" would clash with nn.Module.train
         self.metrics = nn.ModuleDict({f"{s}_": make_metrics(num_classes, s) for s in STAGES})
         self.losses = nn.ModuleDict({f"{s}_": MeanMetric() for s in STAGES})
+
+    def setup(self, stage: str) -> None:
+        self.net = setup_net(self.net, self.trainer, stage, self.hparams.init, self.hparams.sync_batchnorm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -57,13 +82,18 @@ class Classifier(pl.LightningModule):
         """The one step shared by train, val and test: loss, metric updates, epoch logging."""
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing if stage == "train" else 0.0)
         losses, metrics = self.losses[f"{stage}_"], self.metrics[f"{stage}_"]
         losses.update(loss.detach(), weight=y.numel())
         metrics.update(scores(logits), y)
         # Metric objects are computed and synced once per epoch by torchmetrics.
         self.log(f"{stage}/loss", losses, on_step=False, on_epoch=True, prog_bar=stage != "train")
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=False)
+        reg = self.regularization
+        if stage == "train" and (reg["l1"] or reg["l2"]):
+            extra = penalty(self.net, reg["l1"], reg["l2"], reg["no_decay_bias_norm"])
+            self.log("train/penalty", extra.detach(), on_step=False, on_epoch=True)
+            loss = loss + extra
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -88,4 +118,4 @@ class Classifier(pl.LightningModule):
         return out
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return build_optimizer(self.parameters(), self.optimizer_spec)
+        return make_optimizer(self, self.optimizer_spec, self.regularization)

@@ -1,11 +1,14 @@
 """Architectures, one file per family, each registered in :data:`ARCHS` by name.
 
-An architecture entry is a factory ``build(num_classes, input_shape, activation, **arch_args)``
-returning an ``nn.Module`` that maps a batch of inputs to class logits.
+An architecture entry is a factory ``build(num_classes, input_shape, **arch_args)`` returning
+an ``nn.Module`` that maps a batch of inputs to class logits; factories that also take
+``activation``, ``norm`` or ``dropout`` get the recipe's ``model.*`` values. ``arch`` may also
+be ``timm:<name>``, ``torchvision:<name>`` or a user's class path ``package.module.Class``.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import nn
@@ -15,24 +18,60 @@ from trainkit.registry import Registry, check_kwargs
 
 ARCHS: Registry = Registry("architecture")
 
-from trainkit.models import mlp  # noqa: E402,F401  (registers its entries)
+from trainkit.models import adapters, cnn, mlp, resnet  # noqa: E402,F401  (register their entries)
+
+BUILT_IN = ("num_classes", "input_shape", "activation", "norm", "dropout")
+
+
+def resolve_arch(name: str) -> tuple[Any, dict[str, Any]]:
+    """The factory for ``model.arch`` and the arguments its name implies (``model_name``)."""
+    family, sep, sub = name.partition(":")
+    if sep and family in ("timm", "torchvision"):
+        return ARCHS.get(family), {"model_name": sub}
+    if name not in ARCHS and "." in name:
+        return adapters.import_class(name), {}
+    try:
+        return ARCHS.get(name), {}
+    except ConfigError as e:
+        raise e.with_key("model.arch") from None
 
 
 def build_arch(
-    name: str, num_classes: int, input_shape: tuple[int, ...], activation: str, arch_args: dict[str, Any] | None
+    name: str,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    activation: Any,
+    arch_args: dict[str, Any] | None,
+    norm: Any = None,
+    dropout: float | None = None,
 ) -> nn.Module:
-    """Build architecture ``name`` with the recipe's ``arch_args``.
+    """Build architecture ``name`` with the recipe's ``arch_args``, activation, norm and dropout.
+
+    ``norm``/``dropout`` of ``None`` keep the architecture's defaults. Architectures that do
+    not take them (adapters, user classes) get their norm layers swapped and their dropout
+    rates overridden after they are built.
 
     Raises:
         ConfigError: unknown name (``model.arch``) or an argument it does not take (``model.arch_args``).
     """
+    from trainkit.nn.norm import swap_norms
+    from trainkit.nn.regularize import set_dropout
+
+    factory, implied = resolve_arch(name)
+    args = {**implied, **(arch_args or {})}
     try:
-        factory = ARCHS.get(name)
-    except ConfigError as e:
-        raise e.with_key("model.arch") from None
-    args = dict(arch_args or {})
-    try:
-        check_kwargs(factory, args, f"architecture {name!r}", skip=("num_classes", "input_shape", "activation"))
+        check_kwargs(factory, args, f"architecture {name!r}", skip=BUILT_IN)
     except ConfigError as e:
         raise e.with_key("model.arch_args") from None
-    return factory(num_classes=num_classes, input_shape=tuple(input_shape), activation=activation, **args)
+    accepted = inspect.signature(factory).parameters
+    given = {"num_classes": num_classes, "input_shape": tuple(input_shape), "activation": activation, "norm": norm,
+             "dropout": dropout}
+    args.update({k: v for k, v in given.items() if k in accepted and v is not None})
+    net = factory(**args)
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"{name!r} built a {type(net).__name__}, not a torch.nn.Module", "model.arch")
+    if norm is not None and "norm" not in accepted:
+        swap_norms(net, norm)
+    if dropout is not None and "dropout" not in accepted:
+        set_dropout(net, dropout)
+    return net

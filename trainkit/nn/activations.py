@@ -1,11 +1,23 @@
-"""Activation functions by name (``model.activation``)."""
+"""Activation functions by name (``model.activation``), and the init gain each one implies.
+
+A recipe names an activation by a string (``activation: tanh``) or by a mapping with its
+arguments (``activation: {name: leaky_relu, negative_slope: 0.1}``).
+"""
 
 from __future__ import annotations
 
+import math
+from typing import Any, Union
+
+import numpy as np
+import torch
 from torch import nn
 
 from trainkit.errors import ConfigError
-from trainkit.registry import Registry
+from trainkit.registry import Registry, check_kwargs
+
+ActivationSpec = Union[str, dict[str, Any]]
+KEY = "model.activation"
 
 ACTIVATIONS: Registry = Registry("activation")
 ACTIVATIONS.register("relu", nn.ReLU, description="max(0, x)")
@@ -13,16 +25,70 @@ ACTIVATIONS.register("tanh", nn.Tanh, description="hyperbolic tangent, zero-cent
 ACTIVATIONS.register("sigmoid", nn.Sigmoid, description="logistic 1 / (1 + exp(-x)), saturates at 0 and 1")
 ACTIVATIONS.register("gelu", nn.GELU, description="x * Phi(x), the transformer default")
 ACTIVATIONS.register("silu", nn.SiLU, description="x * sigmoid(x) (swish)")
-ACTIVATIONS.register("elu", nn.ELU, description="x for x > 0, exp(x) - 1 otherwise")
+ACTIVATIONS.register("elu", nn.ELU, description="x for x > 0, alpha * (exp(x) - 1) otherwise (alpha)")
+ACTIVATIONS.register("leaky_relu", nn.LeakyReLU, description="x for x > 0, negative_slope * x otherwise (negative_slope)")
+ACTIVATIONS.register("prelu", nn.PReLU, description="leaky ReLU whose slope is learned (init, num_parameters)")
 
 
-def make_activation(name: str) -> nn.Module:
-    """A fresh activation module for ``name``.
+def split_spec(spec: ActivationSpec) -> tuple[str, dict[str, Any]]:
+    """``(name, keyword arguments)`` of an activation spec, validated.
+
+    >>> split_spec({"name": "leaky_relu", "negative_slope": 0.1})
+    ('leaky_relu', {'negative_slope': 0.1})
 
     Raises:
-        ConfigError: unknown name, attributed to ``model.activation``.
+        ConfigError: no or unknown name, or an argument the activation does not take.
     """
+    if isinstance(spec, str):
+        name, kwargs = spec, {}
+    elif isinstance(spec, dict) and "name" in spec:
+        name, kwargs = spec["name"], {k: v for k, v in spec.items() if k != "name"}
+    else:
+        raise ConfigError(f"a name or {{name: ..., <arguments>}}, got {spec!r}", KEY)
     try:
-        return ACTIVATIONS.get(name)()
+        check_kwargs(ACTIVATIONS.get(name), kwargs, f"activation {name!r}", skip=("inplace",))
     except ConfigError as e:
-        raise e.with_key("model.activation") from None
+        raise e.with_key(KEY) from None
+    return name, kwargs
+
+
+def make_activation(spec: ActivationSpec) -> nn.Module:
+    """A fresh activation module for ``spec`` (a name or ``{name: ..., <arguments>}``).
+
+    Raises:
+        ConfigError: unknown name or argument, attributed to ``model.activation``.
+    """
+    name, kwargs = split_spec(spec)
+    return ACTIVATIONS.get(name)(**kwargs)
+
+
+def _second_moment_gain(fn: Any) -> float:
+    """1 / sqrt(E[f(z)^2]) for z ~ N(0, 1), by Gauss-Hermite quadrature.
+
+    This is the gain that keeps the second moment of pre-activations at 1 from layer to layer
+    (He et al. 2015's derivation, which gives sqrt(2) for ReLU); torch's calculate_gain has
+    no value for gelu, silu or elu, so we derive one the same way.
+    """
+    x, w = np.polynomial.hermite_e.hermegauss(80)
+    fx = fn(torch.from_numpy(x)).numpy()
+    return float(1.0 / math.sqrt((w * fx**2).sum() / w.sum()))
+
+
+def activation_gain(spec: ActivationSpec) -> float:
+    """The init gain recommended for an activation (used by xavier, kaiming, orthogonal, lsuv).
+
+    torch's ``calculate_gain`` values where it has one (sigmoid 1, tanh 5/3, relu sqrt(2),
+    leaky_relu sqrt(2 / (1 + slope^2)), prelu with its initial slope); the second-moment gain
+    for gelu, silu and elu.
+
+    >>> round(activation_gain("relu"), 4), round(activation_gain({"name": "leaky_relu", "negative_slope": 0.2}), 4)
+    (1.4142, 1.3868)
+    """
+    name, kwargs = split_spec(spec)
+    if name in ("sigmoid", "tanh", "relu"):
+        return nn.init.calculate_gain(name)
+    if name == "leaky_relu":
+        return nn.init.calculate_gain("leaky_relu", kwargs.get("negative_slope", 0.01))
+    if name == "prelu":
+        return nn.init.calculate_gain("leaky_relu", kwargs.get("init", 0.25))
+    return _second_moment_gain(make_activation(spec))
