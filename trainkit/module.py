@@ -16,7 +16,9 @@ from torchmetrics import MeanMetric
 
 from trainkit.metrics import STAGES, make_metrics, scores
 from trainkit.models import build_arch
-from trainkit.optim.optimizers import build_optimizer, check_optimizer
+from trainkit.optim.configure import check_schedule, configure
+from trainkit.optim.optimizers import check_optimizer
+from trainkit.optim.scaling import check_lr_scaling
 
 
 class Classifier(pl.LightningModule):
@@ -27,6 +29,10 @@ class Classifier(pl.LightningModule):
         arch_args: keyword arguments of that architecture (e.g. ``{depth: 3, width: 256}``).
         activation: hidden activation registry name (``trainkit list activations``).
         optimizer: ``{name: ..., lr: ..., <optimizer arguments>}`` (``trainkit list optimizers``).
+        schedule: ``{name: ..., unit: epoch|step, warmup_epochs|warmup_steps: N, <arguments>}``
+            (``trainkit list schedules``); ``null``: constant lr.
+        lr_scaling: ``{rule: linear|sqrt|none, base_batch_size: 256}``: scale the lr by the
+            run's real global batch; ``null``: no scaling.
         num_classes: number of classes; linked from the data module, not set in recipes.
         input_shape: shape of one input; linked from the data module, not set in recipes.
     """
@@ -37,6 +43,8 @@ class Classifier(pl.LightningModule):
         arch_args: dict[str, Any] | None = None,
         activation: str = "relu",
         optimizer: dict[str, Any] = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True},  # noqa: B006
+        schedule: dict[str, Any] | None = None,
+        lr_scaling: dict[str, Any] | None = None,
         num_classes: int = 10,
         input_shape: tuple[int, ...] = (1, 8, 8),
     ):
@@ -45,6 +53,9 @@ class Classifier(pl.LightningModule):
         self.save_hyperparameters(logger=False)
         check_optimizer(optimizer)  # fail on a bad spec now, not at the first step
         self.optimizer_spec = dict(optimizer)
+        check_schedule(schedule)
+        check_lr_scaling(lr_scaling)
+        self.schedule_spec, self.lr_scaling = schedule, lr_scaling
         self.net = build_arch(arch, num_classes, input_shape, activation, arch_args)
         # keyed "<stage>_": a ModuleDict key "train" would clash with nn.Module.train
         self.metrics = nn.ModuleDict({f"{s}_": make_metrics(num_classes, s) for s in STAGES})
@@ -87,5 +98,5 @@ class Classifier(pl.LightningModule):
             out["target"] = batch[1]
         return out
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return build_optimizer(self.parameters(), self.optimizer_spec)
+    def configure_optimizers(self) -> Any:
+        return configure(self.parameters(), self.optimizer_spec, self.schedule_spec, self.lr_scaling, self.trainer)
