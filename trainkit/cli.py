@@ -56,7 +56,12 @@ def _registries() -> dict[str, Callable[[], object]]:
 
         return OPTIMIZERS
 
-    return {"archs": archs, "activations": activations, "datasets": datasets, "optimizers": optimizers}
+    def schedules():
+        from trainkit.optim.schedules import SCHEDULES
+
+        return SCHEDULES
+
+    return {"archs": archs, "activations": activations, "datasets": datasets, "optimizers": optimizers, "schedules": schedules}
 
 
 def cmd_list(args: Sequence[str]) -> int:

@@ -57,6 +57,10 @@ def check_schedule(spec: dict[str, Any] | None) -> dict[str, Any]:
             _check_monitor(args.get("monitor", "val/loss"))
         else:
             check_kwargs(factory, args, f"schedule {name!r}")
+            params = inspect.signature(factory).parameters.values()
+            missing = [p.name for p in params if p.default is p.empty and p.name != "total" and p.name not in args]
+            if missing:
+                raise ConfigError(f"schedule {name!r} needs {', '.join(map(repr, missing))}")
             # build once with a placeholder length: bad values (step_size: 0, ...) fail now
             needs_total = "total" in inspect.signature(factory).parameters and "total" not in args
             factory(**args, **({"total": 1.0} if needs_total else {}))
