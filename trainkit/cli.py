@@ -28,6 +28,8 @@ stages (LightningCLI; each takes --config RECIPE.yaml, dotted overrides such as
 trainkit commands:
   list KIND  registered names with a one-line description; KIND is one of:
              {kinds}
+  lr-find    LR range test on a recipe: loss-vs-lr plot in a run dir, suggested lr
+             (steepest descent, loss minimum / 10); --write OUT.yaml copies the recipe with it
 
 Every run lives in <run.root>/<run.experiment>/<run.name>/. See README.md for recipes.
 """
@@ -82,7 +84,14 @@ def cmd_list(args: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"list": cmd_list}
+def cmd_lr_find(args: Sequence[str]) -> int:
+    """``trainkit lr-find --config R.yaml [--write OUT.yaml]``: LR range test (trainkit/lr_find.py)."""
+    from trainkit.lr_find import cmd_lr_find as run_lr_find
+
+    return run_lr_find(args)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"list": cmd_list, "lr-find": cmd_lr_find}
 
 
 def format_table(metrics: dict[str, float]) -> str:
