@@ -112,3 +112,14 @@ def test_lr_find_on_digits_suggests_a_good_lr_and_writes_its_plot(capsys):
     assert tuned["model"]["optimizer"]["lr"] == pytest.approx(metrics["lr_find/steepest"], rel=1e-2)
     assert tuned["model"]["optimizer"]["name"] == "sgd" and tuned["data"]["dataset"] == "digits"
     assert main(["lr-find", "--config", R, "--write=tuned.yaml"]) == 2, "never overwrites"
+
+
+def test_batch_ramp_grows_the_batch_at_milestones_with_the_lr_kept():
+    assert main(["fit", "--config", R, *FAST, "--run.name=ramp", "--trainer.max_epochs=4", "--trainer.limit_val_batches=1",
+                 "--data.batch_ramp={milestones: [1, 3], factor: 2}"]) == 0
+    with next(Path("runs/digits_mlp/ramp").glob("csv/version_*/metrics.csv")).open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/lr")]
+    per_epoch = [sum(int(r["epoch"]) == e for r in rows) for e in range(4)]
+    n_train = 1257  # digits' training split (70% of 1797)
+    assert per_epoch == [math.ceil(n_train / b) for b in (64, 128, 128, 256)]
+    assert [float(r["train/lr"]) for r in rows] == pytest.approx([0.1] * len(rows))

@@ -129,13 +129,14 @@ def configure(
     factory = SCHEDULES.get(spec["name"])
     if "total" in inspect.signature(factory).parameters and "total" not in args:
         total_steps = trainer.estimated_stepping_batches - warmup
-        if not math.isfinite(total_steps) or total_steps <= 0:
+        if not math.isfinite(total_steps):
             raise ConfigError(
                 f"schedule {spec['name']!r} needs the run's length: set trainer.max_steps or max_epochs, "
                 f"or give the schedule a 'total' (in {spec['unit']}s, after warmup)",
                 KEY,
             )
-        args["total"] = total_steps / unit
+        # a warmup as long as the run (fast_dev_run) leaves the schedule one step
+        args["total"] = max(total_steps, 1) / unit
     factor = factory(**args)
     lam = with_warmup(lambda s: factor(s / unit), warmup)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, lam), "interval": "step"}}
