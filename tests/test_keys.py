@@ -76,7 +76,7 @@ def test_dataset_sets_classes_and_input_shape_of_the_model():
 
 @pytest.mark.parametrize(
     "key",
-    ["--model.schedule={name: cosine}", "--model.lr_scaling={rule: linear}", "--data.augment={train: cifar}",
+    ["--data.augment={train: cifar}",
      "--data.root=/data"],
 )
 def test_keys_of_later_issues_are_not_accepted_yet(key, capsys):

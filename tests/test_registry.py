@@ -1,5 +1,6 @@
 import pytest
 
+from trainkit.cli import REGISTRIES
 from trainkit.errors import ConfigError
 from trainkit.registry import Registry, check_kwargs
 
@@ -64,7 +65,7 @@ def test_check_kwargs_names_the_bad_key_and_valid_ones():
         check_kwargs(f, {"params": []}, "optimizer 'sgd'", skip=("params",))
 
 
-@pytest.mark.parametrize("kind", ["archs", "activations", "datasets", "optimizers", "inits", "norms"])
+@pytest.mark.parametrize("kind", sorted(REGISTRIES))
 def test_every_registry_is_listed_with_descriptions(kind, capsys):
     from trainkit.cli import _registries, main
 

@@ -30,46 +30,33 @@ trainkit commands:
              print the launch plan, render the torchrun command or sbatch script, start it
   list KIND  registered names with a one-line description; KIND is one of:
              {kinds}
+  lr-find    LR range test on a recipe: loss-vs-lr plot in a run dir, suggested lr
+             (steepest descent, loss minimum / 10); --write OUT.yaml copies the recipe with it
 
 Every run lives in <run.root>/<run.experiment>/<run.name>/. See README.md for recipes.
 """
 
 
+# kind for ``trainkit list`` -> (module, registry), imported only when asked for
+REGISTRIES: dict[str, tuple[str, str]] = {
+    "archs": ("trainkit.models", "ARCHS"),
+    "activations": ("trainkit.nn.activations", "ACTIVATIONS"),
+    "datasets": ("trainkit.data.datasets", "DATASETS"),
+    "optimizers": ("trainkit.optim.optimizers", "OPTIMIZERS"),
+    "schedules": ("trainkit.optim.schedules", "SCHEDULES"),
+    "inits": ("trainkit.nn.init", "INIT_SCHEMES"),
+    "norms": ("trainkit.nn.norm", "NORMS"),
+}
+
+
 def _registries() -> dict[str, Callable[[], object]]:
-    """Kinds for ``trainkit list``, each imported only when asked for."""
+    """Kinds for ``trainkit list``, each a function importing its registry."""
+    import importlib
 
-    def archs():
-        from trainkit.models import ARCHS
+    def loader(module: str, attr: str) -> Callable[[], object]:
+        return lambda: getattr(importlib.import_module(module), attr)
 
-        return ARCHS
-
-    def activations():
-        from trainkit.nn.activations import ACTIVATIONS
-
-        return ACTIVATIONS
-
-    def datasets():
-        from trainkit.data.datasets import DATASETS
-
-        return DATASETS
-
-    def optimizers():
-        from trainkit.optim.optimizers import OPTIMIZERS
-
-        return OPTIMIZERS
-
-    def inits():
-        from trainkit.nn.init import INIT_SCHEMES
-
-        return INIT_SCHEMES
-
-    def norms():
-        from trainkit.nn.norm import NORMS
-
-        return NORMS
-
-    return {"archs": archs, "activations": activations, "datasets": datasets, "optimizers": optimizers,
-            "inits": inits, "norms": norms}
+    return {kind: loader(*where) for kind, where in REGISTRIES.items()}
 
 
 def cmd_list(args: Sequence[str]) -> int:
@@ -97,7 +84,14 @@ def cmd_launch(args: Sequence[str]) -> int:
     return launch(args)
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"list": cmd_list, "launch": cmd_launch}
+def cmd_lr_find(args: Sequence[str]) -> int:
+    """``trainkit lr-find --config R.yaml [--write OUT.yaml]``: LR range test (trainkit/lr_find.py)."""
+    from trainkit.lr_find import cmd_lr_find as run_lr_find
+
+    return run_lr_find(args)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"list": cmd_list, "launch": cmd_launch, "lr-find": cmd_lr_find}
 
 
 def format_table(metrics: dict[str, float]) -> str:

@@ -18,7 +18,9 @@ from trainkit.errors import ConfigError
 from trainkit.metrics import STAGES, make_metrics, scores
 from trainkit.nn.craft import build_net, setup_net
 from trainkit.nn.regularize import check_regularization, make_optimizer, penalty
+from trainkit.optim.configure import check_schedule, configure
 from trainkit.optim.optimizers import check_optimizer
+from trainkit.optim.scaling import check_lr_scaling
 
 
 class Classifier(pl.LightningModule):
@@ -40,6 +42,10 @@ class Classifier(pl.LightningModule):
         regularization: ``{no_decay_bias_norm, weight_decay_mode, l1, l2}``, see
             :mod:`trainkit.nn.regularize`.
         optimizer: ``{name: ..., lr: ..., <optimizer arguments>}`` (``trainkit list optimizers``).
+        schedule: ``{name: ..., unit: epoch|step, warmup_epochs|warmup_steps: N, <arguments>}``
+            (``trainkit list schedules``); ``null``: constant lr.
+        lr_scaling: ``{rule: linear|sqrt|none, base_batch_size: 256}``: scale the lr by the
+            run's real global batch; ``null``: no scaling.
         num_classes: number of classes; linked from the data module, not set in recipes.
         input_shape: shape of one input; linked from the data module, not set in recipes.
     """
@@ -56,6 +62,8 @@ class Classifier(pl.LightningModule):
         label_smoothing: float = 0.0,
         regularization: dict[str, Any] | None = None,
         optimizer: dict[str, Any] = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True},  # noqa: B006
+        schedule: dict[str, Any] | None = None,
+        lr_scaling: dict[str, Any] | None = None,
         num_classes: int = 10,
         input_shape: tuple[int, ...] = (1, 8, 8),
     ):
@@ -67,6 +75,9 @@ class Classifier(pl.LightningModule):
         self.regularization = check_regularization(regularization)
         if not 0 <= label_smoothing < 1:
             raise ConfigError(f"must be in [0, 1), got {label_smoothing}", "model.label_smoothing")
+        check_schedule(schedule)
+        check_lr_scaling(lr_scaling)
+        self.schedule_spec, self.lr_scaling = schedule, lr_scaling
         self.net = build_net(arch, num_classes, input_shape, activation, arch_args, norm, dropout, init)
         # keyed "<stage>_": a ModuleDict key "train" would clash with nn.Module.train
         self.metrics = nn.ModuleDict({f"{s}_": make_metrics(num_classes, s) for s in STAGES})
@@ -117,5 +128,6 @@ class Classifier(pl.LightningModule):
             out["target"] = batch[1]
         return out
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return make_optimizer(self, self.optimizer_spec, self.regularization)
+    def configure_optimizers(self) -> Any:
+        optimizer = make_optimizer(self, self.optimizer_spec, self.regularization)
+        return configure(optimizer, self.schedule_spec, self.lr_scaling, self.trainer)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from trainkit.data.datasets import DATASETS, ArrayData
 from trainkit.data.loader import EpochSampler, ResumableLoader
 from trainkit.errors import ConfigError
+from trainkit.optim.ramp import check_batch_ramp, ramped_batch_size
 
 SPLITS = ("train", "val", "test")
 
@@ -77,6 +79,8 @@ class DataModule(pl.LightningDataModule):
         pin_memory: page-locked host memory for faster copies to a GPU (``null``: on
             when training on a GPU).
         persistent_workers: keep workers alive between epochs (when ``num_workers > 0``).
+        batch_ramp: ``{milestones: [epochs], factor: 2}``: multiply the training batch by
+            ``factor`` at each milestone epoch instead of decaying the lr (``null``: off).
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class DataModule(pl.LightningDataModule):
         num_workers: int = 2,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        batch_ramp: dict[str, Any] | None = None,
     ):
         super().__init__()
         try:
@@ -115,6 +120,7 @@ class DataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
+        self.batch_ramp = check_batch_ramp(batch_ramp)
         self.splits: dict[str, TensorDataset] = {}
         self.mean: np.ndarray | None = None
         self.std: np.ndarray | None = None
@@ -148,13 +154,15 @@ class DataModule(pl.LightningDataModule):
                 f"{self.batch_size} is larger than the training split ({n_train} samples of {self.dataset_name})",
                 "data.batch_size",
             )
+        if self.batch_ramp and n_train < (largest := ramped_batch_size(self.batch_size, *self.batch_ramp, 1 << 30)):
+            raise ConfigError(f"ramps the batch to {largest}, more than the training split ({n_train})", "data.batch_ramp")
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         pin = self.pin_memory
         if pin is None:
             pin = bool(self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
         kwargs: dict = dict(
-            batch_size=self.batch_size,
+            batch_size=batch_size or self.batch_size,
             num_workers=self.num_workers,
             pin_memory=pin,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
@@ -168,7 +176,13 @@ class DataModule(pl.LightningDataModule):
         return ResumableLoader(self.splits[split], sampler=sampler, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        if self.batch_ramp is None or self.trainer is None:
+            return self._loader("train", shuffle=True)
+        # Lightning asks for a new train loader each epoch only with this flag (a public
+        # Trainer attribute); the ramp needs it, so it turns it on rather than ask for a 2nd key
+        self.trainer.reload_dataloaders_every_n_epochs = 1
+        size = ramped_batch_size(self.batch_size, *self.batch_ramp, self.trainer.current_epoch)
+        return self._loader("train", shuffle=True, batch_size=size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -1,0 +1,138 @@
+"""``configure``: the one helper behind ``Classifier.configure_optimizers``.
+
+It builds the optimizer by name, scales every parameter group's lr by the real global batch,
+records the plan, and wraps the schedule (with warmup) for Lightning: a per-step ``LambdaLR``
+for the pure schedules, torch's ``ReduceLROnPlateau`` (per epoch, on a monitored metric) for
+``plateau``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.optim.lr_scheduler import LambdaLR, LinearLR, ReduceLROnPlateau
+
+from trainkit.errors import ConfigError
+from trainkit.optim.scaling import check_lr_scaling, global_batch, plan
+from trainkit.optim.schedules import SCHEDULES, with_warmup
+from trainkit.registry import check_kwargs
+
+KEY = "model.schedule"
+UNITS = ("epoch", "step")
+COMMON = ("name", "unit", "warmup_steps", "warmup_epochs")
+PLATEAU_ARGS = ("monitor", *[p for p in inspect.signature(ReduceLROnPlateau).parameters if p != "optimizer"])
+
+
+def check_schedule(spec: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate ``model.schedule`` now (names, arguments, values), before anything runs.
+
+    Returns the spec with defaults filled in (``name: constant``, ``unit: epoch``).
+
+    Raises:
+        ConfigError: unknown name, unit or argument, or a bad value; the key is named.
+    """
+    spec = {"name": "constant", "unit": "epoch", "warmup_steps": 0, "warmup_epochs": 0, **(spec or {})}
+    name = spec["name"]
+    try:
+        factory = SCHEDULES.get(name)
+    except ConfigError as e:
+        raise e.with_key(f"{KEY}.name") from None
+    if spec["unit"] not in UNITS:
+        raise ConfigError(f"must be epoch or step, got {spec['unit']!r}", f"{KEY}.unit")
+    for key in ("warmup_steps", "warmup_epochs"):
+        value = spec[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"must be a number >= 0, got {value!r}", f"{KEY}.{key}")
+    args = {k: v for k, v in spec.items() if k not in COMMON}
+    try:
+        if name == "plateau":
+            bad = [k for k in args if k not in PLATEAU_ARGS]
+            if bad:
+                raise ConfigError(f"schedule 'plateau' has no argument {bad[0]!r} (valid: {', '.join(PLATEAU_ARGS)})")
+            _check_monitor(args.get("monitor", "val/loss"))
+        else:
+            check_kwargs(factory, args, f"schedule {name!r}")
+            params = inspect.signature(factory).parameters.values()
+            missing = [p.name for p in params if p.default is p.empty and p.name != "total" and p.name not in args]
+            if missing:
+                raise ConfigError(f"schedule {name!r} needs {', '.join(map(repr, missing))}")
+            # build once with a placeholder length: bad values (step_size: 0, ...) fail now
+            needs_total = "total" in inspect.signature(factory).parameters and "total" not in args
+            factory(**args, **({"total": 1.0} if needs_total else {}))
+    except ConfigError as e:
+        raise e.with_key(KEY) from None
+    return spec
+
+
+def _check_monitor(monitor: str) -> None:
+    from trainkit.runner import METRIC_NAMES  # the names Classifier logs; imported late (no cycle)
+
+    valid = [f"{s}/{m}" for s in ("val", "train") for m in METRIC_NAMES]
+    if monitor not in valid:
+        raise ConfigError(f"unknown metric {monitor!r} (valid: {', '.join(valid)})", f"{KEY}.monitor")
+
+
+def steps_per_epoch(trainer: Any) -> int:
+    """Optimizer steps per epoch of a running trainer (after its train loader is set up)."""
+    trainer.estimated_stepping_batches  # noqa: B018  (sets up the train loader: num_training_batches)
+    return max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
+
+
+def configure(
+    optimizer: torch.optim.Optimizer,
+    schedule_spec: dict[str, Any] | None,
+    lr_scaling: dict[str, Any] | None,
+    trainer: Any,
+) -> Any:
+    """What ``configure_optimizers`` returns for these recipe keys on this trainer.
+
+    Args:
+        optimizer: built from ``model.optimizer`` over the model's parameter groups (groups
+            may carry their own lr; every group's lr is scaled and scheduled proportionally).
+        schedule_spec: ``model.schedule`` (``None``: constant lr).
+        lr_scaling: ``model.lr_scaling`` (``None``: no scaling).
+        trainer: the running Lightning trainer (global batch, steps per epoch, loggers).
+    """
+    rule, base = check_lr_scaling(lr_scaling)
+    batch = global_batch(trainer)
+    lr = optimizer.param_groups[0]["lr"]
+    scaled, line = plan(batch, lr, rule, base)
+    for group in optimizer.param_groups:
+        group["lr"] *= scaled / lr if lr else 1.0
+    rank_zero_info(line)
+    for logger in trainer.loggers:
+        logger.log_hyperparams({"lr_plan": line, "global_batch": batch.size, "lr_scaled": scaled})
+
+    spec = check_schedule(schedule_spec)
+    per_epoch = steps_per_epoch(trainer)
+    warmup = int(round(spec["warmup_steps"] + spec["warmup_epochs"] * per_epoch))
+    args = {k: v for k, v in spec.items() if k not in COMMON}
+    if spec["name"] == "plateau":
+        monitor = args.pop("monitor", "val/loss")
+        args.setdefault("mode", "min" if monitor.endswith("loss") else "max")
+        schedulers = [{"scheduler": ReduceLROnPlateau(optimizer, **args), "monitor": monitor, "interval": "epoch"}]
+        if warmup:
+            # LinearLR updates the lr multiplicatively, so it composes with the plateau's cuts
+            # (a LambdaLR would overwrite them); its factor (s + 1) / (W + 1) is with_warmup's.
+            linear = LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup)
+            schedulers.insert(0, {"scheduler": linear, "interval": "step"})
+        return [optimizer], schedulers
+    unit = 1 if spec["unit"] == "step" else per_epoch
+    factory = SCHEDULES.get(spec["name"])
+    if "total" in inspect.signature(factory).parameters and "total" not in args:
+        total_steps = trainer.estimated_stepping_batches - warmup
+        if not math.isfinite(total_steps):
+            raise ConfigError(
+                f"schedule {spec['name']!r} needs the run's length: set trainer.max_steps or max_epochs, "
+                f"or give the schedule a 'total' (in {spec['unit']}s, after warmup)",
+                KEY,
+            )
+        # a warmup as long as the run (fast_dev_run) leaves the schedule one step
+        args["total"] = max(total_steps, 1) / unit
+    factor = factory(**args)
+    lam = with_warmup(lambda s: factor(s / unit), warmup)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, lam), "interval": "step"}}
