@@ -28,6 +28,8 @@ stages (LightningCLI; each takes --config RECIPE.yaml, dotted overrides such as
 trainkit commands:
   list KIND  registered names with a one-line description; KIND is one of:
              {kinds}
+  preview-data --config RECIPE.yaml [overrides]
+             a PNG grid of augmented training samples in a new run dir (and in W&B)
 
 Every run lives in <run.root>/<run.experiment>/<run.name>/. See README.md for recipes.
 """
@@ -56,7 +58,13 @@ def _registries() -> dict[str, Callable[[], object]]:
 
         return OPTIMIZERS
 
-    return {"archs": archs, "activations": activations, "datasets": datasets, "optimizers": optimizers}
+    def augmentations():
+        from trainkit.data.augment import AUGMENTATIONS
+
+        return AUGMENTATIONS
+
+    return {"archs": archs, "activations": activations, "datasets": datasets, "optimizers": optimizers,
+            "augmentations": augmentations}
 
 
 def cmd_list(args: Sequence[str]) -> int:
@@ -77,7 +85,20 @@ def cmd_list(args: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"list": cmd_list}
+def cmd_preview_data(args: Sequence[str]) -> int:
+    """``trainkit preview-data --config R.yaml [overrides]``: write and log the augmentation grid."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from trainkit.data.preview import run_preview
+
+    path = run_preview(list(args))
+    if rank_zero_only.rank == 0:
+        print(f"preview: {path}")
+        print(f"run dir: {path.parent}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"list": cmd_list, "preview-data": cmd_preview_data}
 
 
 def format_table(metrics: dict[str, float]) -> str:

@@ -26,6 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from trainkit.data.datamodule import DataModule
+from trainkit.data.preview import augment_seed, pipelines_config, save_pipelines
 from trainkit.errors import ConfigError
 from trainkit.metrics import STAGES
 from trainkit.module import Classifier
@@ -96,6 +97,7 @@ class TrainkitCLI(LightningCLI):
         parser.add_class_arguments(CheckpointConfig, "checkpoint", instantiate=False)
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
+        parser.link_arguments("seed_everything", "data.seed", compute_fn=augment_seed)
 
     # -- parsing: resolve the run dir and checkpoint before anything is built ---------------
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -153,7 +155,7 @@ class TrainkitCLI(LightningCLI):
             id=self.run_dir.wandb_id,
             resume="allow",
             mode=wandb_mode(),
-            config=recipe,
+            config={**recipe, "augment_pipelines": pipelines_config(self.datamodule)},
             job_type=self.subcommand,
         )
         # CSV in a new version folder per invocation: Lightning's CSV logger deletes an
@@ -163,6 +165,7 @@ class TrainkitCLI(LightningCLI):
     # -- stages -------------------------------------------------------------------------------
     def before_fit(self) -> None:
         _create_run_dir(self.run_dir, self.recipe_text)
+        save_pipelines(self.run_dir.path, self.datamodule)
         cfg = self.config_init["fit"]
         if cfg.get("ckpt_path") is None:
             cfg["ckpt_path"] = resume_checkpoint(self.run_cfg, self.run_dir)
