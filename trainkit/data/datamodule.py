@@ -5,6 +5,7 @@ Its typed ``__init__`` arguments are the ``data.*`` keys of a recipe.
 
 from __future__ import annotations
 
+import inspect
 from functools import cached_property
 from typing import Any
 
@@ -94,7 +95,7 @@ def check_labels(data: ArrayData, name: str) -> None:
         bad = y[(y < 0) | (y >= len(data.classes))] if np.issubdtype(y.dtype, np.integer) else y
         if len(bad):
             raise ConfigError(
-                f"{name}: label {bad[0]!r} is out of range; labels must be integers in [0, {len(data.classes)})",
+                f"{name}: label {bad[0].item()!r} is out of range; labels must be integers in [0, {len(data.classes)})",
                 "data.dataset",
             )
 
@@ -155,11 +156,16 @@ class DataModule(pl.LightningDataModule):
         except ConfigError as e:
             raise e.with_key("data.dataset") from None
         load_args = dict(dataset_args or {})
-        load_args.update({k: v for k, v in (("root", root), ("download", download)) if v not in (None, False)})
         try:
-            check_kwargs(loader, load_args, f"dataset {dataset!r}")
+            check_kwargs(loader, load_args, f"dataset {dataset!r}", skip=("root", "download"))
         except ConfigError as e:
             raise e.with_key("data.dataset_args") from None
+        for key, value in (("root", root), ("download", download)):
+            if value not in (None, False):
+                users = [n for n in DATASETS.names() if key in inspect.signature(DATASETS.get(n)).parameters]
+                if dataset not in users:
+                    raise ConfigError(f"dataset {dataset!r} takes no {key} (datasets that do: {', '.join(users)})", f"data.{key}")
+                load_args[key] = value
         self._load = lambda: loader(**load_args)
         if folds is not None and (folds < 2 or not 0 <= fold < folds):
             raise ConfigError(f"need folds >= 2 and 0 <= fold < folds, got folds={folds}, fold={fold}", "data.folds")
