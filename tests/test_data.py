@@ -139,3 +139,22 @@ def test_dataset_args_are_checked_against_the_dataset():
         DataModule(root="/data")
     with pytest.raises(ConfigError, match="data.dataset_args.*'shap'.*did you mean 'shape'"):
         DataModule(dataset="synthetic", dataset_args={"shap": [3]})
+
+
+def test_two_gloo_ranks_see_disjoint_shards_covering_the_split_in_a_new_order_each_epoch(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+    from data_workers import shard_worker
+    from test_metrics import free_port
+
+    out = tmp_path / "seen.json"
+    mp.spawn(shard_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    result = json.loads(out.read_text())
+    (r0e0, r0e1), (r1e0, r1e1) = result["seen"]
+    n = result["n_train"]
+    assert n % 2 == 0, "an even split, so DistributedSampler needs no padding duplicates"
+    for a, b in ((r0e0, r1e0), (r0e1, r1e1)):
+        assert len(a) == len(b) == n // 2 and len(set(a)) == n // 2
+        assert not set(a) & set(b) and set(a) | set(b) == set(range(n))
+    assert r0e0 != r0e1 and set(r0e0) != set(r0e1), "a fresh shuffle (and shard) each epoch"
