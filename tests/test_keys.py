@@ -77,8 +77,7 @@ def test_dataset_sets_classes_and_input_shape_of_the_model():
 @pytest.mark.parametrize(
     "key",
     ["--model.norm=batch", "--model.dropout=0.1", "--model.init={scheme: zeros}", "--model.schedule={name: cosine}",
-     "--model.lr_scaling={rule: linear}", "--model.label_smoothing=0.1", "--data.augment={train: cifar}",
-     "--data.root=/data"],
+     "--model.lr_scaling={rule: linear}", "--model.label_smoothing=0.1"],
 )
 def test_keys_of_later_issues_are_not_accepted_yet(key, capsys):
     assert main(["fit", "--config", str(DEFAULT_RECIPE), key]) == 2
