@@ -80,4 +80,4 @@ def cutmix_box(hw: tuple[int, int], lam: float, rng: np.random.Generator) -> tup
     cy, cx = int(rng.integers(h)), int(rng.integers(w))
     y0, y1 = np.clip([cy - ch // 2, cy + ch - ch // 2], 0, h)
     x0, x1 = np.clip([cx - cw // 2, cx + cw - cw // 2], 0, w)
-    return (int(y0), int(y1), int(x0), int(x1)), 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
+    return (int(y0), int(y1), int(x0), int(x1)), float(1.0 - (y1 - y0) * (x1 - x0) / (h * w))
