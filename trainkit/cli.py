@@ -32,6 +32,8 @@ trainkit commands:
              {kinds}
   lr-find    LR range test on a recipe: loss-vs-lr plot in a run dir, suggested lr
              (steepest descent, loss minimum / 10); --write OUT.yaml copies the recipe with it
+  preview-data --config RECIPE.yaml [overrides]
+             a PNG grid of augmented training samples in a new run dir (and in W&B)
 
 Every run lives in <run.root>/<run.experiment>/<run.name>/. See README.md for recipes.
 """
@@ -46,6 +48,7 @@ REGISTRIES: dict[str, tuple[str, str]] = {
     "schedules": ("trainkit.optim.schedules", "SCHEDULES"),
     "inits": ("trainkit.nn.init", "INIT_SCHEMES"),
     "norms": ("trainkit.nn.norm", "NORMS"),
+    "augmentations": ("trainkit.data.augment", "AUGMENTATIONS"),
 }
 
 
@@ -91,7 +94,25 @@ def cmd_lr_find(args: Sequence[str]) -> int:
     return run_lr_find(args)
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"list": cmd_list, "launch": cmd_launch, "lr-find": cmd_lr_find}
+def cmd_preview_data(args: Sequence[str]) -> int:
+    """``trainkit preview-data --config R.yaml [overrides]``: write and log the augmentation grid."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from trainkit.data.preview import run_preview
+
+    path = run_preview(list(args))
+    if rank_zero_only.rank == 0:
+        print(f"preview: {path}")
+        print(f"run dir: {path.parent}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "list": cmd_list,
+    "launch": cmd_launch,
+    "lr-find": cmd_lr_find,
+    "preview-data": cmd_preview_data,
+}
 
 
 def format_table(metrics: dict[str, float]) -> str:

@@ -91,9 +91,10 @@ class Classifier(pl.LightningModule):
 
     def model_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         """The one step shared by train, val and test: loss, metric updates, epoch logging."""
-        x, y = batch
+        x, y, *soft = batch  # soft targets come with mixup/cutmix (data.mix); y stays the hard label
         logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing if stage == "train" else 0.0)
+        smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
+        loss = F.cross_entropy(logits, soft[0] if soft else y, label_smoothing=smoothing)
         losses, metrics = self.losses[f"{stage}_"], self.metrics[f"{stage}_"]
         losses.update(loss.detach(), weight=y.numel())
         metrics.update(scores(logits), y)

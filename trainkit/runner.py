@@ -30,6 +30,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasti
 from trainkit.callbacks.checkpointing import LastCheckpoint
 from trainkit.callbacks.world import WorldRecord
 from trainkit.data.datamodule import DataModule
+from trainkit.data.preview import augment_seed, pipelines_config, save_pipelines
 from trainkit.errors import ConfigError
 from trainkit.metrics import STAGES
 from trainkit.module import Classifier
@@ -106,6 +107,7 @@ class TrainkitCLI(LightningCLI):
         parser.add_class_arguments(CheckpointConfig, "checkpoint", instantiate=False)
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
+        parser.link_arguments("seed_everything", "data.seed", compute_fn=augment_seed)
 
     # -- parsing: resolve the run dir and checkpoint before anything is built ---------------
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -170,7 +172,7 @@ class TrainkitCLI(LightningCLI):
             id=self.run_dir.wandb_id,
             resume="allow",
             mode=wandb_mode(),
-            config=recipe,
+            config={**recipe, "augment_pipelines": pipelines_config(self.datamodule)},
             job_type=self.subcommand,
         )
         # CSV in a new version folder per invocation: Lightning's CSV logger deletes an
@@ -187,6 +189,7 @@ class TrainkitCLI(LightningCLI):
             # the processes Lightning starts for the other devices inherit this: one run dir
             os.environ[RUN_DIR_ENV] = str(self.run_dir.path)
         _create_run_dir(self.run_dir, self.recipe_text)
+        save_pipelines(self.run_dir.path, self.datamodule)
         cfg = self.config_init["fit"]
         if cfg.get("ckpt_path") is None:
             cfg["ckpt_path"] = resume_checkpoint(self.run_cfg, self.run_dir)

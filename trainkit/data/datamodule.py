@@ -5,6 +5,7 @@ Its typed ``__init__`` arguments are the ``data.*`` keys of a recipe.
 
 from __future__ import annotations
 
+import inspect
 import os
 from functools import cached_property
 from typing import Any
@@ -12,12 +13,15 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from trainkit.data.augment import PIPELINE_SPLITS, AugmentedImages, build_pipeline, check_augment
 from trainkit.data.datasets import DATASETS, ArrayData
 from trainkit.data.loader import EpochSampler, ResumableLoader
+from trainkit.data.mixing import BatchMixer
 from trainkit.errors import ConfigError
 from trainkit.optim.ramp import check_batch_ramp, ramped_batch_size
+from trainkit.registry import check_kwargs
 
 SPLITS = ("train", "val", "test")
 
@@ -52,6 +56,25 @@ def stratified_split(
     return {s: np.sort(np.concatenate(parts[s])) for s in SPLITS}
 
 
+def kfold_split(y: np.ndarray, test_fraction: float, folds: int, fold: int, seed: int) -> dict[str, np.ndarray]:
+    """Stratified k-fold: a held-out test split, then fold ``fold`` of the rest is val, the others train.
+
+    >>> idx = kfold_split(np.repeat([0, 1], 50), 0.2, folds=4, fold=1, seed=0)
+    >>> [len(idx[s]) for s in ("train", "val", "test")]
+    [60, 20, 20]
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    outer = stratified_split(y, 0.0, test_fraction, seed)
+    rest = outer["train"]
+    try:
+        cuts = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(rest, y[rest]))
+    except ValueError as e:  # e.g. fewer members in a class than folds
+        raise ConfigError(str(e), "data.folds") from None
+    train, val = cuts[fold]
+    return {"train": np.sort(rest[train]), "val": np.sort(rest[val]), "test": outer["test"]}
+
+
 def standardization_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std per channel (images ``N,C,H,W``) or per feature (tables ``N,F``).
 
@@ -62,6 +85,22 @@ def standardization_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     std = x.std(axis=axes, keepdims=True)
     std[std < 1e-8] = 1.0
     return mean.squeeze(0), std.squeeze(0)
+
+
+def check_labels(data: ArrayData, name: str) -> None:
+    """Labels must be integers in ``[0, len(classes))``, in every part of the dataset."""
+    for part in (data, data.test):
+        if part is None:
+            continue
+        y = part.y
+        if len(y) != len(part.x):
+            raise ConfigError(f"{name}: {len(part.x)} inputs but {len(y)} labels", "data.dataset")
+        bad = y[(y < 0) | (y >= len(data.classes))] if np.issubdtype(y.dtype, np.integer) else y
+        if len(bad):
+            raise ConfigError(
+                f"{name}: label {bad[0].item()!r} is out of range; labels must be integers in [0, {len(data.classes)})",
+                "data.dataset",
+            )
 
 
 class DataModule(pl.LightningDataModule):
@@ -81,6 +120,19 @@ class DataModule(pl.LightningDataModule):
         persistent_workers: keep workers alive between epochs (when ``num_workers > 0``).
         batch_ramp: ``{milestones: [epochs], factor: 2}``: multiply the training batch by
             ``factor`` at each milestone epoch instead of decaying the lr (``null``: off).
+        root: folder of ``image_folder`` and the torchvision sets.
+        download: let a torchvision set download its files into ``root``.
+        dataset_args: further keyword arguments of the dataset (``trainkit list datasets``),
+            e.g. ``{shape: [3, 16, 16], num_classes: 4}`` for ``synthetic``.
+        folds: k of stratified k-fold cross-validation (``null``: one split by ``val_fraction``);
+            the test split is held out first, fold ``fold`` of the rest is the val split.
+        fold: which fold is the val split, ``0 <= fold < folds``.
+        whiten: PCA-whiten tables after standardization (fitted on the training split only).
+        augment: ``{train: SPEC, eval: SPEC}``, each ``null``, a preset (``trainkit list
+            augmentations``) or an albumentations ``A.to_dict`` pipeline; images only.
+        mix: batch mixing ``{mixup_alpha, cutmix_alpha, switch_prob, prob}`` on the training
+            batches (loss on soft targets, metrics on the hard labels).
+        seed: seed of the augmentation and mixing streams; linked from ``seed_everything``.
     """
 
     def __init__(
@@ -94,12 +146,40 @@ class DataModule(pl.LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         batch_ramp: dict[str, Any] | None = None,
+        root: str | None = None,
+        download: bool = False,
+        dataset_args: dict[str, Any] | None = None,
+        folds: int | None = None,
+        fold: int = 0,
+        whiten: bool = False,
+        augment: dict[str, Any] | None = None,
+        mix: dict[str, float] | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         try:
-            self._load = DATASETS.get(dataset)
+            loader = DATASETS.get(dataset)
         except ConfigError as e:
             raise e.with_key("data.dataset") from None
+        load_args = dict(dataset_args or {})
+        try:
+            check_kwargs(loader, load_args, f"dataset {dataset!r}", skip=("root", "download"))
+        except ConfigError as e:
+            raise e.with_key("data.dataset_args") from None
+        for key, value in (("root", root), ("download", download)):
+            if value not in (None, False):
+                users = [n for n in DATASETS.names() if key in inspect.signature(DATASETS.get(n)).parameters]
+                if dataset not in users:
+                    raise ConfigError(f"dataset {dataset!r} takes no {key} (datasets that do: {', '.join(users)})", f"data.{key}")
+                load_args[key] = value
+        self._load = lambda: loader(**load_args)
+        if folds is not None and (folds < 2 or not 0 <= fold < folds):
+            raise ConfigError(f"need folds >= 2 and 0 <= fold < folds, got folds={folds}, fold={fold}", "data.folds")
+        self.augment = check_augment(augment)
+        self.mixer = None
+        if mix:
+            check_kwargs(BatchMixer, mix, "data.mix", skip=("seed",))
+            self.mixer = BatchMixer(**mix, seed=seed)
         if batch_size < 1:
             raise ConfigError(f"must be >= 1, got {batch_size}", "data.batch_size")
         for key, frac in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):
@@ -121,7 +201,10 @@ class DataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.batch_ramp = check_batch_ramp(batch_ramp)
-        self.splits: dict[str, TensorDataset] = {}
+        self.folds, self.fold, self.whiten, self.seed = folds, fold, whiten, seed
+        self.splits: dict[str, Dataset] = {}
+        self.pipelines: dict[str, Any] = {}
+        self.whitener: Any = None
         self.mean: np.ndarray | None = None
         self.std: np.ndarray | None = None
 
@@ -142,13 +225,28 @@ class DataModule(pl.LightningDataModule):
         if self.splits:
             return
         data = self.data
-        idx = stratified_split(data.y, self.val_fraction, self.test_fraction, self.split_seed)
-        # statistics of the training split only: val/test must not leak into preprocessing
-        self.mean, self.std = standardization_stats(data.x[idx["train"]])
+        check_labels(data, self.dataset_name)
+        self._check_data_options(data)
+        # the dataset's own test split replaces the stratified one
+        test_fraction = 0.0 if data.test is not None else self.test_fraction
+        if self.folds:
+            idx = kfold_split(data.y, test_fraction, self.folds, self.fold, self.split_seed)
+        else:
+            idx = stratified_split(data.y, self.val_fraction, test_fraction, self.split_seed)
+        arrays = {s: (data.x[idx[s]], data.y[idx[s]]) for s in SPLITS}
+        if data.test is not None:
+            arrays["test"] = (data.test.x, data.test.y)
+        # statistics of the (un-augmented) training split only: val/test must not leak into preprocessing
+        self.mean, self.std = standardization_stats(arrays["train"][0])
+        if self.whiten:
+            from sklearn.decomposition import PCA
+
+            self.whitener = PCA(whiten=True, random_state=0).fit((arrays["train"][0] - self.mean) / self.std)
+        h, w = data.x.shape[-2:]
+        self.pipelines = {s: build_pipeline(self.augment[s], h, w, self.seed, f"data.augment.{s}") for s in PIPELINE_SPLITS}
         for split in SPLITS:
-            x = (data.x[idx[split]] - self.mean) / self.std
-            self.splits[split] = TensorDataset(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(data.y[idx[split]]))
-        n_train = len(idx["train"])
+            self.splits[split] = self._dataset(split, *arrays[split], data.max_value)
+        n_train = len(arrays["train"][1])
         if n_train < self.batch_size:
             raise ConfigError(
                 f"{self.batch_size} is larger than the training split ({n_train} samples of {self.dataset_name})",
@@ -156,6 +254,36 @@ class DataModule(pl.LightningDataModule):
             )
         if self.batch_ramp and n_train < (largest := ramped_batch_size(self.batch_size, *self.batch_ramp, 1 << 30)):
             raise ConfigError(f"ramps the batch to {largest}, more than the training split ({n_train})", "data.batch_ramp")
+
+    def _check_data_options(self, data: ArrayData) -> None:
+        if not data.is_image:
+            for key, on in (("data.augment", any(self.augment.values())), ("data.mix.cutmix_alpha", self.mixer and self.mixer.cutmix_alpha)):
+                if on:
+                    raise ConfigError(f"needs images; {self.dataset_name} is a table of shape {data.input_shape}", key)
+        elif self.whiten:
+            raise ConfigError(f"PCA whitening is for tables; {self.dataset_name} holds images", "data.whiten")
+
+    def _dataset(self, split: str, x: np.ndarray, y: np.ndarray, max_value: float) -> Dataset:
+        """Standardized tensors, or per-sample augmentation when the split has a pipeline."""
+        pipeline = self.pipelines["train" if split == "train" else "eval"]
+        if pipeline is None:
+            z = (x - self.mean) / self.std
+            if self.whitener is not None:
+                z = self.whitener.transform(z.reshape(len(z), -1))
+            return TensorDataset(torch.from_numpy(z.astype(np.float32)), torch.from_numpy(y))
+        ds = AugmentedImages(x, y, pipeline, max_value, self.mean, self.std, reseed=None if split == "train" else self.seed)
+        if len(ds) and tuple(ds[0][0].shape) != x.shape[1:]:
+            key = f"data.augment.{'train' if split == 'train' else 'eval'}"
+            raise ConfigError(f"the pipeline turns {x.shape[1:]} images into {tuple(ds[0][0].shape)}; it must keep the size", key)
+        return ds
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # mixing runs here, on the training device, on training batches only
+        if self.mixer is not None and self.trainer is not None and self.trainer.training:
+            x, y = batch
+            x, soft = self.mixer(x, y, self.num_classes)
+            return x, y, soft
+        return batch
 
     def _loader(self, split: str, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         pin = self.pin_memory
