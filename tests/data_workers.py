@@ -10,20 +10,15 @@ import torch.distributed as dist
 
 
 def shard_worker(rank: int, world_size: int, port: int, out_file: str) -> None:
-    """Each rank walks 2 epochs of the real training loader with the sampler Lightning injects."""
-    from lightning.pytorch.utilities.data import _update_dataloader
-    from torch.utils.data import DistributedSampler
-
+    """Each rank walks 2 epochs of the data module's real training loader in a gloo group."""
     from trainkit.data.datamodule import DataModule
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         dm = DataModule(dataset="synthetic", dataset_args={"shape": [5], "size": 200}, batch_size=8, num_workers=0)
         dm.setup("fit")
-        loader = dm.train_dataloader()
-        # what Lightning's data connector does for DDP: a DistributedSampler keeping the loader's shuffle
-        sampler = DistributedSampler(loader.dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=0)
-        loader = _update_dataloader(loader, sampler)
+        loader = dm.train_dataloader()  # its sampler shards by the process group's rank
+        sampler = loader.sampler
         rows = dm.splits["train"].tensors[0]
         seen = []
         for epoch in range(2):

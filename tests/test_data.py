@@ -117,9 +117,15 @@ def test_train_loader_reshuffles_every_epoch_and_eval_loaders_do_not():
 
     dm = DataModule(num_workers=0)
     dm.setup()
-    torch.manual_seed(0)
-    a, b = (torch.cat([y for _, y in dm.train_dataloader()]) for _ in range(2))
+    loader = dm.train_dataloader()
+
+    def epoch(e: int) -> torch.Tensor:
+        loader.sampler.set_epoch(e)  # as Lightning does before every epoch
+        return torch.cat([y for _, y in loader])
+
+    a, b = epoch(0), epoch(1)
     assert not torch.equal(a, b) and torch.equal(a.sort().values, b.sort().values)
+    assert torch.equal(epoch(0), a), "the order depends on the seed and the epoch only"
     v1, v2 = (torch.cat([y for _, y in dm.val_dataloader()]) for _ in range(2))
     assert torch.equal(v1, v2)
 

@@ -125,3 +125,21 @@ def test_launch_refuses_bad_input_before_starting_anything(argv, words, capsys):
     err = capsys.readouterr().err
     assert all(w in err for w in words), err
     assert not Path("runs").exists()
+
+
+def test_resume_on_another_world_size_reports_it_and_rescales_the_lr():
+    scaling = ["--model.lr_scaling={rule: linear, base_batch_size: 64}", "--data.batch_size=32", "--run.name=grow"]
+    one = trainkit("fit", "--config", str(DEFAULT_RECIPE), *COMMON, *scaling, "--trainer.max_epochs=1")
+    assert one.returncode == 0, one.stderr[-3000:]
+    run = Path("runs/digits_mlp/grow")
+
+    def lr(ckpt: dict) -> float:
+        return ckpt["optimizer_states"][0]["param_groups"][0]["lr"]
+
+    before = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert lr(before) == pytest.approx(0.1 * 32 / 64)
+    out = finish(torchrun({"NPROC": "2", "RUN_ID": "unused"}, *scaling, "--trainer.max_epochs=2"))
+    assert "world size changed since the checkpoint: 1 -> 2 processes, global batch 32 -> 64; lr x 2" in out
+    after = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert after["trainkit_world"]["world_size"] == 2 and after["epoch"] == 1
+    assert lr(after) == pytest.approx(0.1 * 64 / 64), "the lr follows the new global batch"

@@ -65,16 +65,22 @@ def make_plan(recipe: str, overrides: Sequence[str], nodes: int, devices: int) -
     """Parse and check the recipe (as ``trainkit fit`` would) and compute the launch plan."""
     from trainkit.runner import TrainkitCLI
 
+    from trainkit.optim.scaling import check_lr_scaling, lr_factor
+
     cli = TrainkitCLI(["fit", "--config", recipe, *overrides], run_stage=False)
     dm, model = cli.datamodule, cli.model
+    accumulate = int(cli.trainer.accumulate_grad_batches)
+    rule, base = check_lr_scaling(model.lr_scaling)
+    lr = float(model.optimizer_spec.get("lr", 1e-3))
+    factor = lr_factor(rule, dm.batch_size * nodes * devices * accumulate, base)
     return Plan(
         nodes=nodes,
         devices=devices,
         batch_size=dm.batch_size,
-        accumulate=int(cli.trainer.accumulate_grad_batches),
+        accumulate=accumulate,
         train_samples=len(dm.splits["train"]),
-        lr=float(model.optimizer_spec.get("lr", 1e-3)),
-        lr_note="as in the recipe",
+        lr=lr * factor,
+        lr_note=f"recipe {lr:g}, {rule} scaling, base {base}" if rule != "none" else "recipe lr, no scaling",
         experiment_dir=cli.run_dir.path.parent,
     )
 
@@ -86,7 +92,7 @@ def render_sbatch(text: str, settings: dict[str, str], argv: Sequence[str]) -> s
     """The sbatch template with ``#SBATCH --key=value`` lines set from ``settings`` and the
     recipe and overrides baked in as quoted positional arguments.
 
-    >>> print(render_sbatch("#SBATCH --nodes=1\\nset -e\\nRECIPE=$1", {"nodes": "2"}, ["r.yaml", "--x=a b"]))
+    >>> print(render_sbatch("#SBATCH --nodes=1\\nset -e\\nRECIPE=$1", {"nodes": "2"}, ["r.yaml", "--x=a b"]), end="")
     #SBATCH --nodes=2
     set -- r.yaml '--x=a b'
     set -e

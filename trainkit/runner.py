@@ -34,6 +34,7 @@ from trainkit.data.preview import augment_seed, pipelines_config, save_pipelines
 from trainkit.errors import ConfigError
 from trainkit.metrics import STAGES
 from trainkit.module import Classifier
+from trainkit.optim.scaling import check_lr_scaling
 from trainkit.rundir import RUN_DIR_ENV, RunConfig, RunDir, atomic_write_text, resolve_run_dir, resume_checkpoint, wandb_mode
 
 METRIC_NAMES = ("loss", "acc", "precision", "recall", "f1", "auroc")
@@ -152,7 +153,7 @@ class TrainkitCLI(LightningCLI):
             )
             callbacks += [
                 LastCheckpoint(self.run_dir.checkpoints / "last.ckpt", self.ckpt_cfg.every_n_steps),
-                WorldRecord(self.datamodule.batch_size),
+                WorldRecord(self.datamodule.batch_size, check_lr_scaling(self.model.lr_scaling)),
             ]
         kwargs["callbacks"] = callbacks
         if SLURMEnvironment.detect() and not TorchElasticEnvironment.detect():
@@ -168,7 +169,8 @@ class TrainkitCLI(LightningCLI):
         wandb = WandbLogger(
             name=self.run_dir.path.name,
             project=self.run_dir.path.parent.name,
-            save_dir=str(self.run_dir.path),
+            # absolute: a W&B service inherited through WANDB_SERVICE may run in another directory
+            save_dir=str(self.run_dir.path.resolve()),
             id=self.run_dir.wandb_id,
             resume="allow",
             mode=wandb_mode(),

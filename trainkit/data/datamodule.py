@@ -298,7 +298,12 @@ class DataModule(pl.LightningDataModule):
         if not shuffle:
             return DataLoader(self.splits[split], **kwargs)
         # Seeded as Lightning's own injected sampler; Lightning calls set_epoch every epoch.
-        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        if self.trainer is not None:
+            world, rank = self.trainer.world_size, self.trainer.global_rank
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
+            world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        else:
+            world, rank = 1, 0
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         sampler = EpochSampler(self.splits[split], num_replicas=world, rank=rank, seed=seed)
         return ResumableLoader(self.splits[split], sampler=sampler, **kwargs)
