@@ -28,6 +28,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
 from trainkit.callbacks.checkpointing import LastCheckpoint
+from trainkit.callbacks.rng import RNGState
 from trainkit.callbacks.world import WorldRecord
 from trainkit.data.datamodule import DataModule
 from trainkit.data.preview import augment_seed, pipelines_config, save_pipelines
@@ -154,6 +155,7 @@ class TrainkitCLI(LightningCLI):
             callbacks += [
                 LastCheckpoint(self.run_dir.checkpoints / "last.ckpt", self.ckpt_cfg.every_n_steps),
                 WorldRecord(self.datamodule.batch_size, check_lr_scaling(self.model.lr_scaling)),
+                RNGState(),
             ]
         kwargs["callbacks"] = callbacks
         if SLURMEnvironment.detect() and not TorchElasticEnvironment.detect():

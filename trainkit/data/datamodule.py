@@ -296,7 +296,8 @@ class DataModule(pl.LightningDataModule):
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
         if not shuffle:
-            return DataLoader(self.splits[split], **kwargs)
+            # a private generator: evaluation loaders leave the global random stream untouched
+            return DataLoader(self.splits[split], generator=torch.Generator().manual_seed(self.seed), **kwargs)
         # Seeded as Lightning's own injected sampler; Lightning calls set_epoch every epoch.
         if self.trainer is not None:
             world, rank = self.trainer.world_size, self.trainer.global_rank
@@ -306,7 +307,17 @@ class DataModule(pl.LightningDataModule):
             world, rank = 1, 0
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         sampler = EpochSampler(self.splits[split], num_replicas=world, rank=rank, seed=seed)
-        return ResumableLoader(self.splits[split], sampler=sampler, **kwargs)
+        return ResumableLoader(self.splits[split], sampler=sampler, progress=self._batches_processed, **kwargs)
+
+    def train_batches(self, world_size: int) -> int:
+        """Training batches per epoch on each of ``world_size`` ranks (the sampler pads the split
+        to a multiple of the world size), at the first epoch's batch size."""
+        per_rank = -(-len(self.splits["train"]) // world_size)
+        return -(-per_rank // self.batch_size)
+
+    def _batches_processed(self) -> int:
+        """Training batches the trainer has processed in its current epoch (resume position)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         if self.batch_ramp is None or self.trainer is None:

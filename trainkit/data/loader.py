@@ -7,8 +7,9 @@ replays the epoch from its first batch and Lightning's epoch bookkeeping goes wr
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
@@ -31,22 +32,43 @@ class EpochSampler(DistributedSampler):
 
 
 class ResumableLoader(DataLoader):
-    """A DataLoader over an :class:`EpochSampler` whose position is part of the checkpoint."""
+    """A DataLoader over an :class:`EpochSampler` whose position is part of the checkpoint.
 
-    def __init__(self, dataset: Dataset, sampler: EpochSampler, **kwargs: Any):
-        super().__init__(dataset, sampler=sampler, **kwargs)
+    Its own generator is re-seeded from (seed, epoch) before every epoch: creating a
+    DataLoader iterator draws the workers' base seed from it, which would otherwise come from
+    (and advance) the global torch generator, so a resumed run would draw different dropout
+    masks than an uninterrupted one, and worker seeds would depend on the run's history.
+
+    Args:
+        dataset, sampler: as for DataLoader.
+        progress: batches the trainer has processed in the current epoch. The loader itself
+            runs ahead of the training step (Lightning prefetches a batch), so its own count
+            would skip a batch on resume.
+        **kwargs: DataLoader arguments.
+    """
+
+    def __init__(self, dataset: Dataset, sampler: EpochSampler, progress: Callable[[], int] | None = None, **kwargs: Any):
+        super().__init__(dataset, sampler=sampler, generator=torch.Generator(), **kwargs)
+        self.progress = progress
         self.served = 0  # batches yielded in the current epoch
+        self._resume: tuple[int, int] | None = None
 
     def __iter__(self) -> Iterator[Any]:
-        skipped = self.sampler.start // self.batch_size
-        self.served = skipped
+        sampler = self.sampler
+        self.generator.manual_seed(sampler.seed * 100_003 + sampler.epoch)
+        if self._resume is not None and self._resume[0] == sampler.epoch:
+            sampler.start = self._resume[1] * self.batch_size
+        self._resume = None
+        self.served = sampler.start // self.batch_size
         for batch in super().__iter__():
             self.served += 1
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": int(self.sampler.epoch), "served": int(self.served)}
+        served = self.progress() if self.progress is not None else self.served
+        return {"epoch": int(self.sampler.epoch), "served": int(served)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        # applied when the epoch it belongs to starts (an epoch-end checkpoint never skips)
+        self._resume = (state["epoch"], state["served"])
         self.sampler.set_epoch(state["epoch"])
-        self.sampler.start = state["served"] * self.batch_size

@@ -77,9 +77,31 @@ def _check_monitor(monitor: str) -> None:
 
 
 def steps_per_epoch(trainer: Any) -> int:
-    """Optimizer steps per epoch of a running trainer (after its train loader is set up)."""
-    trainer.estimated_stepping_batches  # noqa: B018  (sets up the train loader: num_training_batches)
-    return max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
+    """Optimizer steps per epoch of a running trainer, from the data module's split size.
+
+    Not ``trainer.estimated_stepping_batches``: called from ``configure_optimizers`` it sets
+    up the train loader before Lightning restores the loader's position from a checkpoint,
+    and Lightning then never restores it (a mid-epoch resume would replay the epoch's first
+    batches).
+    """
+    dm = trainer.datamodule
+    if dm is None or not hasattr(dm, "train_batches"):
+        trainer.estimated_stepping_batches  # noqa: B018  (sets up the train loader: num_training_batches)
+        batches = trainer.num_training_batches
+    else:
+        batches = dm.train_batches(trainer.world_size)
+        limit = trainer.limit_train_batches
+        if isinstance(limit, int):
+            batches = min(batches, limit)
+        elif limit is not None and limit < 1.0:
+            batches = int(batches * limit)
+    return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+
+
+def total_steps(trainer: Any, per_epoch: int) -> float:
+    """Optimizer steps of the whole run: max_steps or max_epochs x steps per epoch."""
+    by_epochs = trainer.max_epochs * per_epoch if trainer.max_epochs not in (None, -1) else math.inf
+    return min(by_epochs, trainer.max_steps) if trainer.max_steps not in (None, -1) else by_epochs
 
 
 def configure(
@@ -124,15 +146,15 @@ def configure(
     unit = 1 if spec["unit"] == "step" else per_epoch
     factory = SCHEDULES.get(spec["name"])
     if "total" in inspect.signature(factory).parameters and "total" not in args:
-        total_steps = trainer.estimated_stepping_batches - warmup
-        if not math.isfinite(total_steps):
+        remaining = total_steps(trainer, per_epoch) - warmup
+        if not math.isfinite(remaining):
             raise ConfigError(
                 f"schedule {spec['name']!r} needs the run's length: set trainer.max_steps or max_epochs, "
                 f"or give the schedule a 'total' (in {spec['unit']}s, after warmup)",
                 KEY,
             )
         # a warmup as long as the run (fast_dev_run) leaves the schedule one step
-        args["total"] = max(total_steps, 1) / unit
+        args["total"] = max(remaining, 1) / unit
     factor = factory(**args)
     lam = with_warmup(lambda s: factor(s / unit), warmup)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, lam), "interval": "step"}}

@@ -1,0 +1,77 @@
+"""Faults cost at most the work since the last checkpoint: exact resume after SIGKILL (at an
+epoch end and mid-epoch), checkpoints that survive kills during writing, corrupt checkpoints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DEFAULT_RECIPE, QUIET
+
+EXE = str(Path(sys.executable).with_name("trainkit"))
+EXACT = ["--model.dropout=0.2", "--trainer.deterministic=true", "--data.num_workers=0", "--trainer.logger=false",
+         "--trainer.max_epochs=4", *QUIET]
+
+
+def fit(name: str, *extra: str) -> list[str]:
+    return [EXE, "fit", "--config", str(DEFAULT_RECIPE), f"--run.name={name}", *EXACT, *extra]
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def kill_when(cmd: list[str], ckpt: Path, ready, timeout: float = 120) -> None:
+    """Start ``cmd`` and SIGKILL it once ``ready(checkpoint)`` holds."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if ckpt.exists() and ready(load(ckpt)):
+                    break
+            except Exception:  # noqa: BLE001  (a checkpoint still being renamed into place)
+                pass
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    sa, sb = load(a)["state_dict"], load(b)["state_dict"]
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), f"{key} differs"
+
+
+@pytest.mark.parametrize("mid_epoch", [False, True], ids=["after-epoch", "mid-epoch"])
+def test_killed_and_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(mid_epoch):
+    extra = ["--checkpoint.every_n_steps=7"] if mid_epoch else []
+    full = subprocess.run(fit("full", *extra), capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    cut = Path("runs/digits_mlp/cut/checkpoints/last.ckpt")
+    steps_per_epoch = load(Path("runs/digits_mlp/full/checkpoints/last.ckpt"))["global_step"] // 4
+    if mid_epoch:  # a step checkpoint inside epoch 1
+        ready = lambda c: c["global_step"] > steps_per_epoch and c["global_step"] % steps_per_epoch  # noqa: E731
+    else:
+        ready = lambda c: c["epoch"] >= 1  # noqa: E731
+    kill_when(fit("cut", *extra), cut, ready)
+    state = load(cut)
+    assert state["global_step"] < 4 * steps_per_epoch, "killed before the end"
+    if mid_epoch:
+        assert state["global_step"] % steps_per_epoch, "the kill left a mid-epoch checkpoint"
+
+    resumed = subprocess.run(fit("cut", *extra), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restoring states from the checkpoint path" in resumed.stderr + resumed.stdout
+    assert load(cut)["global_step"] == 4 * steps_per_epoch
+    assert_same_weights(Path("runs/digits_mlp/full/checkpoints/last.ckpt"), cut)
