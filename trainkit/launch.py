@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from trainkit.errors import ConfigError
+from trainkit.secrets import find_secret
 
 
 def template(name: str) -> Path:
@@ -153,6 +154,13 @@ def cmd_launch(argv: Sequence[str]) -> int:
     args, overrides = parser().parse_known_args(list(argv))
     for bad in (o for o in overrides if not o.startswith("--")):
         raise ConfigError(f"overrides look like --key=value, got {bad!r}", "launch")
+    for override in overrides:
+        if name := find_secret(override):
+            raise ConfigError(
+                f"an override carries the value of ${name}; secrets are never written into launch commands or "
+                f"scripts: export it and let the job inherit the environment",
+                "launch",
+            )
     if args.nodes < 1 or args.devices < 1:
         raise ConfigError(f"--nodes and --devices must be >= 1, got {args.nodes} and {args.devices}", "launch")
     plan = make_plan(args.config, overrides, args.nodes, args.devices)

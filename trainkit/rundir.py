@@ -181,14 +181,14 @@ def _known_runs(base: Path) -> str:
     return f"runs in {base}: {', '.join(runs)}" if runs else f"{base} holds no runs yet"
 
 
-def resume_checkpoint(run: RunConfig, run_dir: RunDir) -> str | None:
-    """The checkpoint ``fit`` continues from: an explicit path, or ``last.ckpt`` under ``auto``."""
+def resume_candidates(run: RunConfig, run_dir: RunDir) -> list[Path]:
+    """The checkpoints ``fit`` may continue from, best first: an explicit path, or under
+    ``auto`` the run dir's ``last.ckpt`` and then ``previous.ckpt`` (the one before it)."""
     if run.resume == "never":
-        return None
+        return []
     if run.resume != "auto":
-        return run.resume
-    last = run_dir.checkpoints / "last.ckpt"
-    return str(last) if last.is_file() else None
+        return [Path(run.resume)]
+    return [run_dir.checkpoints / "last.ckpt", run_dir.checkpoints / "previous.ckpt"]
 
 
 def wandb_mode(env: Mapping[str, str] = os.environ) -> str:

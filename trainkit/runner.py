@@ -9,6 +9,7 @@ any file is written.
 from __future__ import annotations
 
 import csv
+import sys
 import os
 import difflib
 import re
@@ -26,17 +27,21 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from trainkit.callbacks.checkpointing import LastCheckpoint
 from trainkit.callbacks.rng import RNGState
 from trainkit.callbacks.world import WorldRecord
+from trainkit.checkpoints import check_compatible, first_loadable, load_checkpoint
 from trainkit.data.datamodule import DataModule
 from trainkit.data.preview import augment_seed, pipelines_config, save_pipelines
 from trainkit.errors import ConfigError
 from trainkit.metrics import STAGES
 from trainkit.module import Classifier
 from trainkit.optim.scaling import check_lr_scaling
-from trainkit.rundir import RUN_DIR_ENV, RunConfig, RunDir, atomic_write_text, resolve_run_dir, resume_checkpoint, wandb_mode
+from trainkit.rundir import RUN_DIR_ENV, RunConfig, RunDir, atomic_write_text, resolve_run_dir, resume_candidates, wandb_mode
+from trainkit.secrets import find_secret, redact
 
 METRIC_NAMES = ("loss", "acc", "precision", "recall", "f1", "auroc")
 
@@ -131,7 +136,12 @@ class TrainkitCLI(LightningCLI):
         if stage != "fit":
             # best/last resolve in the run dir; LightningCLI then reads the checkpoint's hparams
             cfg.ckpt_path = str(self.run_dir.checkpoint(cfg.ckpt_path or "best"))
+            load_checkpoint(cfg.ckpt_path, "ckpt_path")  # refused or corrupt: exit 2 before anything runs
         self.recipe_text = self._parser(stage).dump(cfg, skip_none=False)
+        recipe = yaml.safe_load(self.recipe_text)
+        if redact(recipe) != recipe:
+            # config.yaml and the W&B config never hold credentials (see trainkit.secrets)
+            self.recipe_text = yaml.safe_dump(redact(recipe), sort_keys=False)
 
     def after_instantiate_classes(self) -> None:
         # load and split the data now, so data errors exit 2 before the run dir is touched
@@ -164,9 +174,23 @@ class TrainkitCLI(LightningCLI):
         if trainer_cfg.get("logger") is None:
             kwargs["logger"] = self._loggers()
         kwargs.setdefault("default_root_dir", str(self.run_dir.path))
-        return super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError) as e:
+            # e.g. more GPUs than the machine has, an unknown accelerator or strategy
+            raise ConfigError(str(e), "trainer") from None
+        cores = os.cpu_count() or 1
+        if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > cores:
+            raise ConfigError(
+                f"{trainer.num_devices} CPU processes requested, but this machine has {cores} cores "
+                f"(valid: 1 to {cores}, or another accelerator)",
+                "trainer.devices",
+            )
+        return trainer
 
     def _loggers(self) -> list[Any]:
+        import wandb as wandb_lib
+
         recipe = yaml.safe_load(self.recipe_text)
         wandb = WandbLogger(
             name=self.run_dir.path.name,
@@ -178,6 +202,8 @@ class TrainkitCLI(LightningCLI):
             mode=wandb_mode(),
             config={**recipe, "augment_pipelines": pipelines_config(self.datamodule)},
             job_type=self.subcommand,
+            # W&B's metadata records the command line: leave it out when it carries a secret
+            settings=wandb_lib.Settings(x_disable_meta=find_secret(" ".join(sys.argv)) is not None),
         )
         # CSV in a new version folder per invocation: Lightning's CSV logger deletes an
         # existing metrics.csv in the folder it writes to.
@@ -185,18 +211,29 @@ class TrainkitCLI(LightningCLI):
 
     # -- stages -------------------------------------------------------------------------------
     def _run_subcommand(self, subcommand: str) -> None:
-        if self.run_stage:
-            super()._run_subcommand(subcommand)
+        if not self.run_stage:
+            return
+        cfg = self.config_init[subcommand]
+        if cfg.get("weights_only") is None:
+            # checkpoints hold tensors and plain data only: never unpickle arbitrary objects
+            cfg["weights_only"] = True
+        super()._run_subcommand(subcommand)
 
     def before_fit(self) -> None:
+        cfg = self.config_init["fit"]
+        # the checkpoint to continue from is checked (safe load, compatible weights) before
+        # the run dir is touched; an unreadable last.ckpt falls back to previous.ckpt
+        key = "ckpt_path" if cfg.get("ckpt_path") else "run.resume"
+        candidates = [Path(cfg["ckpt_path"])] if cfg.get("ckpt_path") else resume_candidates(self.run_cfg, self.run_dir)
+        found = first_loadable(candidates, key)
+        if found:
+            check_compatible(found[1], self.model, found[0], key)
+            cfg["ckpt_path"] = str(found[0])
         if "LOCAL_RANK" not in os.environ:
             # the processes Lightning starts for the other devices inherit this: one run dir
             os.environ[RUN_DIR_ENV] = str(self.run_dir.path)
         _create_run_dir(self.run_dir, self.recipe_text)
         save_pipelines(self.run_dir.path, self.datamodule)
-        cfg = self.config_init["fit"]
-        if cfg.get("ckpt_path") is None:
-            cfg["ckpt_path"] = resume_checkpoint(self.run_cfg, self.run_dir)
 
     def fit(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
         self.trainer.fit(model, datamodule=datamodule, **kwargs)
@@ -207,7 +244,9 @@ class TrainkitCLI(LightningCLI):
             return
         best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
         # fit reports the validation metrics of the checkpoint it calls best, not the last epoch
-        metrics = self.trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
+        metrics = self.trainer.validate(
+            model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
+        )[0]
         self._finish(
             "fit",
             metrics,

@@ -67,7 +67,11 @@ class LastCheckpoint(Callback):
         self._previous_handler: Any = None
 
     def save(self, trainer: pl.Trainer) -> None:
-        """Save now (all ranks call it; rank zero writes)."""
+        """Save now (all ranks call it; rank zero writes). The checkpoint it replaces is kept
+        as ``previous.ckpt``: a resume falls back to it if ``last.ckpt`` is unreadable (or, after
+        a kill between the rename and the write, missing)."""
+        if trainer.is_global_zero and self.path.exists():
+            os.replace(self.path, self.path.with_name("previous.ckpt"))
         trainer.save_checkpoint(self.path)
         self._saved_at = trainer.global_step
 
