@@ -75,3 +75,65 @@ def test_killed_and_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(mid_e
     assert "Restoring states from the checkpoint path" in resumed.stderr + resumed.stdout
     assert load(cut)["global_step"] == 4 * steps_per_epoch
     assert_same_weights(Path("runs/digits_mlp/full/checkpoints/last.ckpt"), cut)
+
+
+def test_kill_minus_9_while_checkpointing_never_leaves_an_unloadable_checkpoint():
+    from trainkit.checkpoints import first_loadable
+
+    rng = __import__("random").Random(0)
+    cmd = fit("hammer", "--checkpoint.every_n_steps=1", "--trainer.max_epochs=50")  # a write every step
+    ckpts = Path("runs/digits_mlp/hammer/checkpoints")
+    steps = []
+    for _ in range(4):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        start = steps[-1] if steps else 0
+        while time.monotonic() < deadline:  # wait for this attempt's own writes to begin
+            try:
+                if load(ckpts / "last.ckpt")["global_step"] > start + 2:
+                    break
+            except Exception:  # noqa: BLE001  (between the rename to previous.ckpt and the new write)
+                pass
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.5))  # somewhere inside the stream of checkpoint writes
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        found = first_loadable([ckpts / "last.ckpt", ckpts / "previous.ckpt"], "run.resume")
+        assert found is not None, "a checkpoint survives the kill"
+        steps.append(found[1]["global_step"])
+    assert steps == sorted(steps) and steps[-1] > steps[0], f"each attempt resumed and went on: {steps}"
+
+
+def test_torchrun_restarts_a_killed_worker_and_the_run_finishes():
+    from test_distributed import TORCHRUN
+    from test_metrics import free_port
+
+    env = {**os.environ, "PYTHON": sys.executable, "NPROC": "2", "MAX_RESTARTS": "1", "RUN_ID": "restart",
+           "MASTER_PORT": str(free_port())}
+    args = ["--data.num_workers=0", "--trainer.accelerator=cpu", "--trainer.logger=false", "--trainer.max_epochs=6", *QUIET]
+    proc = subprocess.Popen(["bash", str(TORCHRUN), str(DEFAULT_RECIPE), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = Path("runs/digits_mlp/torchrun-restart/checkpoints/last.ckpt")
+    deadline = time.monotonic() + 180
+    while not (last.exists() and proc.poll() is None):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0][-3000:]
+        time.sleep(0.1)
+    victim = next(
+        pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+        if _environ(pid).get("TORCHELASTIC_RUN_ID") == "restart" and _environ(pid).get("LOCAL_RANK") == "1"
+        and b"trainkit" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    )
+    os.kill(victim, signal.SIGKILL)  # mid-epoch, one of the two workers
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out[-4000:]
+    assert "Restoring states from the checkpoint path" in out, "the restarted workers resumed"
+    final = load(last)
+    assert final["epoch"] == 5 and final["global_step"] == 6 * 10, "all epochs, every step once"  # 630 / 64
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
