@@ -110,17 +110,18 @@ class WeightAveraging(Callback):
         if self.kind == "ema" and trainer.global_step != self._step:
             self._step = trainer.global_step
             self.update(pl_module.net)
-
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.kind == "swa" and trainer.current_epoch >= self.start_epoch:
+        # SWA: at the epoch's last batch, so before validation and the epoch-end last.ckpt
+        last_batch = args[-1] + 1 == trainer.num_training_batches
+        if self.kind == "swa" and last_batch and trainer.current_epoch >= self.start_epoch:
             self.update(pl_module.net)
 
     def averaged_state(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
         """The averaged weights as a state_dict of ``net`` (SWA: batch-norm statistics recomputed)."""
         assert self.averaged is not None
         if self.kind == "swa" and not self._bn_fresh:
-            loader = trainer.train_dataloader
+            # a fresh loader: iterating the fit's own would move its resumable position
+            dm = trainer.datamodule
+            loader = dm.train_dataloader() if dm is not None else trainer.train_dataloader
             if loader is not None:
                 update_bn(loader, self.averaged.module, device=pl_module.device)
             self._bn_fresh = True
