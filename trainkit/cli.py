@@ -34,6 +34,8 @@ trainkit commands:
              (steepest descent, loss minimum / 10); --write OUT.yaml copies the recipe with it
   preview-data --config RECIPE.yaml [overrides]
              a PNG grid of augmented training samples in a new run dir (and in W&B)
+  lottery    --config R.yaml [overrides]: lottery ticket (train, prune, rewind, retrain) per
+             model.prune {sparsity, scope, rounds, rewind_epoch}; sparsity and metrics per round
 
 Every run lives in <run.root>/<run.experiment>/<run.name>/. See README.md for recipes.
 """
@@ -107,11 +109,19 @@ def cmd_preview_data(args: Sequence[str]) -> int:
     return 0
 
 
+def cmd_lottery(args: Sequence[str]) -> int:
+    """``trainkit lottery --config R.yaml [overrides]``: the lottery-ticket rounds (trainkit/lottery.py)."""
+    from trainkit.lottery import cmd_lottery as run_lottery
+
+    return run_lottery(args)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "list": cmd_list,
     "launch": cmd_launch,
     "lr-find": cmd_lr_find,
     "preview-data": cmd_preview_data,
+    "lottery": cmd_lottery,
 }
 
 

@@ -15,8 +15,10 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from trainkit.errors import ConfigError
+from trainkit.extras import extra_callbacks, optimizer_options, setup_extras
 from trainkit.metrics import STAGES, make_metrics, scores
 from trainkit.nn.craft import build_net, setup_net
+from trainkit.nn.prune import attach_masks
 from trainkit.nn.regularize import check_regularization, make_optimizer, penalty
 from trainkit.optim.configure import check_schedule, configure
 from trainkit.optim.optimizers import check_optimizer
@@ -48,6 +50,13 @@ class Classifier(pl.LightningModule):
             run's real global batch; ``null``: no scaling.
         num_classes: number of classes; linked from the data module, not set in recipes.
         input_shape: shape of one input; linked from the data module, not set in recipes.
+        freeze, unfreeze, lr_mult, layer_decay: fine-tuning (:mod:`trainkit.nn.transfer`):
+            parameter-name patterns frozen from the start, ``{epoch: patterns}`` unfrozen then,
+            ``{pattern: lr multiplier}``, layer-wise lr decay.
+        ema, swa: weight averaging (:mod:`trainkit.callbacks.averaging`): ``{decay, warmup}``,
+            ``{start_epoch}``.
+        prune: magnitude pruning ``{sparsity, scope, epochs}`` (:mod:`trainkit.nn.prune`; the
+            lottery ticket: ``trainkit lottery``, with ``rounds`` and ``rewind_epoch``).
     """
 
     def __init__(
@@ -66,6 +75,13 @@ class Classifier(pl.LightningModule):
         lr_scaling: dict[str, Any] | None = None,
         num_classes: int = 10,
         input_shape: tuple[int, ...] = (1, 8, 8),
+        freeze: list[str] | None = None,
+        unfreeze: dict[int, list[str]] | None = None,
+        lr_mult: dict[str, float] | None = None,
+        layer_decay: float | None = None,
+        ema: dict[str, Any] | None = None,
+        swa: dict[str, Any] | None = None,
+        prune: dict[str, Any] | None = None,
     ):
         super().__init__()
         # hparams go into checkpoints; the W&B config gets the whole recipe from the CLI instead
@@ -82,6 +98,7 @@ class Classifier(pl.LightningModule):
         # keyed "<stage>_": a ModuleDict key "train" would clash with nn.Module.train
         self.metrics = nn.ModuleDict({f"{s}_": make_metrics(num_classes, s) for s in STAGES})
         self.losses = nn.ModuleDict({f"{s}_": MeanMetric() for s in STAGES})
+        setup_extras(self)
 
     def setup(self, stage: str) -> None:
         self.net = setup_net(self.net, self.trainer, stage, self.hparams.init, self.hparams.sync_batchnorm)
@@ -130,5 +147,12 @@ class Classifier(pl.LightningModule):
         return out
 
     def configure_optimizers(self) -> Any:
-        optimizer = make_optimizer(self, self.optimizer_spec, self.regularization)
+        optimizer = make_optimizer(self, self.optimizer_spec, self.regularization, **optimizer_options(self))
         return configure(optimizer, self.schedule_spec, self.lr_scaling, self.trainer)
+
+    def configure_callbacks(self) -> list[Any]:
+        return extra_callbacks(self)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a pruned checkpoint holds weight_orig/weight_mask: give the fresh net the same layout
+        attach_masks(self.net, checkpoint["state_dict"], "net.")

@@ -17,7 +17,7 @@ import warnings
 from argparse import ArgumentError
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import yaml
@@ -36,6 +36,7 @@ from trainkit.callbacks.world import WorldRecord
 from trainkit.checkpoints import check_compatible, first_loadable, load_checkpoint
 from trainkit.data.datamodule import DataModule
 from trainkit.data.preview import augment_seed, pipelines_config, save_pipelines
+from trainkit.ensemble import check_ensemble, run_ensemble
 from trainkit.errors import ConfigError
 from trainkit.metrics import STAGES
 from trainkit.module import Classifier
@@ -115,6 +116,8 @@ class TrainkitCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
         parser.link_arguments("seed_everything", "data.seed", compute_fn=augment_seed)
+        parser.add_argument("--ensemble", type=Optional[str], default=None,
+                            help="test/validate: evaluate an ensemble of the run's checkpoints (snapshots)")
 
     # -- parsing: resolve the run dir and checkpoint before anything is built ---------------
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -128,6 +131,7 @@ class TrainkitCLI(LightningCLI):
         cfg = self.config[stage]
         self.run_cfg = RunConfig(**cfg.run.as_dict())
         self.ckpt_cfg = CheckpointConfig(**cfg.checkpoint.as_dict())
+        self.ensemble = check_ensemble(cfg.get("ensemble"), stage)
         recipes = cfg.get("config") or []
         self.recipe_path = str(recipes[0]) if recipes else None
         self.run_dir = resolve_run_dir(self.run_cfg, self.recipe_path, stage)
@@ -254,9 +258,13 @@ class TrainkitCLI(LightningCLI):
         )
 
     def validate(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
+        if self.ensemble:
+            return self._finish("validate", *run_ensemble(self, "val"))
         self._finish("validate", self.trainer.validate(model, datamodule=datamodule, **{**kwargs, "verbose": False})[0])
 
     def test(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
+        if self.ensemble:
+            return self._finish("test", *run_ensemble(self, "test"))
         metrics = self.trainer.test(model, datamodule=datamodule, **{**kwargs, "verbose": False})[0]
         self._finish("test", metrics, {"test/checkpoint": str(kwargs.get("ckpt_path"))})
 

@@ -128,8 +128,8 @@ def lsuv(w: Tensor, act_gain: float, tol: float = 0.02, max_iters: int = 10, bat
 
 
 @INIT_SCHEMES.register("checkpoint")
-def checkpoint(w: Tensor, act_gain: float, path: str = "", strict: bool = True) -> Tensor:
-    """warm start: the weights of a saved run (a trainkit .ckpt or a state_dict file) at `path`"""
+def checkpoint(w: Tensor, act_gain: float, path: str = "", strict: bool = True, new_head: bool = False) -> Tensor:
+    """warm start: the weights of a saved run (a trainkit .ckpt or a state_dict file) at `path`; new_head: keep a fresh last layer"""
     return w  # whole-model: see load_weights
 
 
@@ -243,12 +243,20 @@ def lsuv_(model: nn.Module, x: Tensor, tol: float = 0.02, max_iters: int = 10, *
     return variances
 
 
-def load_weights(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
+def head_keys(model: nn.Module) -> list[str]:
+    """state_dict keys of the last linear/conv layer of ``model`` (the classifier head)."""
+    name = [n for n, m in model.named_modules() if isinstance(m, WEIGHTED)][-1]
+    return [k for k in model.state_dict() if k.startswith(f"{name}.")]
+
+
+def load_weights(model: nn.Module, path: str, strict: bool = True, new_head: bool = False) -> nn.Module:
     """Load the architecture weights saved at ``path`` into ``model`` (warm start).
 
     ``path`` is a trainkit/Lightning checkpoint (its ``net.*`` weights are used) or a plain
     state_dict. With ``strict`` every parameter must match by name and shape; otherwise the
-    matching ones load and the rest keep their init.
+    matching ones load and the rest keep their init. ``new_head`` leaves the last linear/conv
+    layer (the head) with its fresh init: fine-tuning on another class count. Pruning masks in
+    the file (``weight_orig``/``weight_mask``) are attached to ``model`` and loaded.
 
     Raises:
         ConfigError: unreadable file, or (strict) missing, unexpected or mis-shaped weights.
@@ -262,7 +270,14 @@ def load_weights(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
         raise ConfigError(f"{path!r} holds no state_dict", f"{KEY}.path")
     if any(k.startswith("net.") for k in state):  # a Classifier checkpoint: keep the architecture
         state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
-    own = model.state_dict()
+    from trainkit.nn.prune import attach_masks  # prune imports this module
+
+    attach_masks(model, state)
+    if new_head:
+        head = head_keys(model)
+        saved_head = {k.replace("_orig", "").replace("_mask", "") for k in head}
+        state = {k: v for k, v in state.items() if k not in head and k not in saved_head}
+    own = {k: v for k, v in model.state_dict().items() if not (new_head and k in head)}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +63,14 @@ def is_exempt(module: nn.Module, name: str, param: Tensor) -> bool:
     return is_norm(module) or param.ndim <= 1 or name.endswith("bias")
 
 
-def param_groups(model: nn.Module, weight_decay: float, no_decay_bias_norm: bool = True) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    no_decay_bias_norm: bool = True,
+    lr_mult: Callable[[str], float] | None = None,
+    lr: float | None = None,
+    include_frozen: bool = False,
+) -> list[dict[str, Any]]:
     """Optimizer parameter groups: decayed weights, then (if any) the exempt parameters.
 
     Args:
@@ -71,23 +78,33 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_bias_norm: bool
         weight_decay: decay of the first group.
         no_decay_bias_norm: put biases and norm parameters in a second group without decay;
             ``False`` gives one group with everything decayed.
+        lr_mult: ``parameter name -> lr multiplier`` (discriminative lrs): each group splits by
+            multiplier and gets ``lr * multiplier`` and an ``lr_mult`` entry.
+        lr: the base lr the multipliers apply to (needed with ``lr_mult``).
+        include_frozen: also group parameters with ``requires_grad=False`` (gradual unfreezing).
 
     >>> groups = param_groups(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4)), 0.1)
     >>> [(g["weight_decay"], [tuple(p.shape) for p in g["params"]]) for g in groups]
     [(0.1, [(4, 3)]), (0.0, [(4,), (4,), (4,)])]
     """
-    decay: list[Tensor] = []
-    exempt: list[Tensor] = []
+    # (exempt, lr multiplier) -> params, in first-seen order
+    split: dict[tuple[bool, float], list[Tensor]] = {(False, 1.0): [], (True, 1.0): []}
     seen: set[int] = set()
-    for module in model.modules():
+    for module_name, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad or id(param) in seen:
+            if (not param.requires_grad and not include_frozen) or id(param) in seen:
                 continue
             seen.add(id(param))
-            (exempt if no_decay_bias_norm and is_exempt(module, name, param) else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if exempt:
-        groups.append({"params": exempt, "weight_decay": 0.0})
+            mult = lr_mult(f"{module_name}.{name}" if module_name else name) if lr_mult else 1.0
+            exempt = no_decay_bias_norm and is_exempt(module, name, param)
+            split.setdefault((exempt, mult), []).append(param)
+    groups = []
+    for (exempt, mult), params in sorted(split.items(), key=lambda kv: kv[0][0]):
+        group: dict[str, Any] = {"params": params, "weight_decay": 0.0 if exempt else weight_decay}
+        if lr_mult is not None:
+            assert lr is not None, "lr_mult needs the base lr"
+            group.update(lr=lr * mult, lr_mult=mult)
+        groups.append(group)
     return [g for g in groups if g["params"]]
 
 
@@ -160,12 +177,22 @@ def _with_explicit_decay(cls: type, mode: str) -> type:
     return type(f"{cls.__name__}_{mode}_decay", (cls,), {"step": step, "__doc__": cls.__doc__})
 
 
-def make_optimizer(model: nn.Module, optimizer_spec: dict[str, Any], regularization: dict[str, Any] | None) -> torch.optim.Optimizer:
-    """The optimizer of ``optimizer_spec`` over :func:`param_groups` of ``model``, with the decay mode applied."""
+def make_optimizer(
+    model: nn.Module,
+    optimizer_spec: dict[str, Any],
+    regularization: dict[str, Any] | None,
+    lr_mult: Callable[[str], float] | None = None,
+    include_frozen: bool = False,
+) -> torch.optim.Optimizer:
+    """The optimizer of ``optimizer_spec`` over :func:`param_groups` of ``model``, with the decay mode applied.
+
+    ``lr_mult`` and ``include_frozen`` are :func:`param_groups`' (see :mod:`trainkit.nn.transfer`).
+    """
     reg = check_regularization(regularization)
     name, kwargs = check_optimizer(optimizer_spec)
     wd = float(kwargs.get("weight_decay", _default_weight_decay(name)))
-    groups = param_groups(model, wd, reg["no_decay_bias_norm"])
+    lr = kwargs.get("lr", inspect.signature(OPTIMIZERS.get(name)).parameters["lr"].default if lr_mult else None)
+    groups = param_groups(model, wd, reg["no_decay_bias_norm"], lr_mult, lr, include_frozen)
     if reg["weight_decay_mode"] == "optimizer":
         return build_optimizer(groups, optimizer_spec)
     for group in groups:  # the optimizer sees no decay; the wrapper applies the requested kind

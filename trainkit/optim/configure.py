@@ -121,7 +121,8 @@ def configure(
     """
     rule, base = check_lr_scaling(lr_scaling)
     batch = global_batch(trainer)
-    lr = optimizer.param_groups[0]["lr"]
+    # the recipe's lr: groups may carry multiples of it (discriminative lrs, trainkit.nn.transfer)
+    lr = optimizer.defaults.get("lr", optimizer.param_groups[0]["lr"])
     scaled, line = plan(batch, lr, rule, base)
     for group in optimizer.param_groups:
         group["lr"] *= scaled / lr if lr else 1.0

@@ -1,0 +1,82 @@
+"""Magnitude pruning (exact sparsity, masks through training and checkpoints), snapshot
+ensembles, and the lottery ticket on the digits MLP."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import DEFAULT_RECIPE, QUIET
+
+from trainkit.cli import main
+from trainkit.ensemble import ensemble_metrics
+from trainkit.lottery import lottery
+from trainkit.models import build_arch
+from trainkit.nn.prune import prunable, prune_to, sparsity
+from trainkit.runner import TrainkitCLI
+from trainkit.callbacks.snapshots import snapshot_paths
+
+FIT = ["--config", str(DEFAULT_RECIPE), "--data.num_workers=0", "--trainer.logger=false", *QUIET]
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_pruning_reaches_exactly_the_target_sparsity(scope):
+    net = build_arch("mlp", 10, (1, 8, 8), "relu", {"depth": 2, "width": 33})
+    weights = [m.weight.detach().abs().clone() for m, _ in prunable(net)]
+    for target in (0.3, 0.8):  # iterative: the second step prunes among the survivors
+        prune_to(net, target, scope)
+        masks = [m.weight_mask for m, _ in prunable(net)]
+        if scope == "global":
+            total = sum(m.numel() for m in masks)
+            assert sum(int((m == 0).sum()) for m in masks) == round(target * total)
+            # the survivors are the largest magnitudes overall
+            alive = torch.cat([w[m.bool()] for w, m in zip(weights, masks)])
+            dead = torch.cat([w[~m.bool()] for w, m in zip(weights, masks)])
+            assert alive.min() >= dead.max()
+        else:
+            assert [int((m == 0).sum()) for m in masks] == [round(target * m.numel()) for m in masks]
+    assert torch.equal(net[1].weight, net[1].weight_orig * net[1].weight_mask)
+
+
+def test_the_mask_survives_training_checkpoints_and_trainkit_test(capsys):
+    args = ["--model.prune={sparsity: 0.8, epochs: [0, 1]}", "--trainer.max_epochs=3", "--run.name=p"]
+    cli = TrainkitCLI(["fit", *FIT, *args, "--trainer.limit_val_batches=2"])
+    state = torch.load(cli.run_dir.checkpoints / "last.ckpt", weights_only=True)["state_dict"]
+    masks = {k: v for k, v in state.items() if k.endswith("weight_mask")}
+    assert len(masks) == 4
+    total = sum(m.numel() for m in masks.values())
+    assert sum(int((m == 0).sum()) for m in masks.values()) == round(0.8 * total)
+    for k, mask in masks.items():  # trained after pruning, the pruned weights are still exactly zero
+        weight = state[k.replace("_mask", "_orig")] * mask
+        assert torch.all(weight[mask == 0] == 0)
+    test = TrainkitCLI(["test", *FIT, "--run.name=p", "--ckpt_path=last"])
+    assert sparsity(test.model.net) == pytest.approx(0.8, abs=1 / total)
+    for k, mask in masks.items():
+        assert torch.equal(test.model.state_dict()[k], mask)
+    assert test.result.metrics["test/acc"] > 0.8
+
+
+def test_snapshot_ensemble_is_at_least_as_accurate_as_its_members_on_average():
+    args = ["--model.schedule={name: cosine_restarts, T_0: 1}", "--trainer.max_epochs=3", "--run.name=s"]
+    cli = TrainkitCLI(["fit", *FIT, *args])
+    paths = snapshot_paths(cli.run_dir.checkpoints)
+    assert [p.name for p in paths] == ["snapshot-1.ckpt", "snapshot-2.ckpt", "snapshot-3.ckpt"]
+    m = ensemble_metrics(cli.model, paths, cli.datamodule.val_dataloader(), "val", 10)
+    members = [m[f"val/snapshot-{k}/acc"] for k in (1, 2, 3)]
+    assert len(set(members)) > 1, "the snapshots are different models"
+    assert m["val/acc"] >= sum(members) / 3, m
+    assert main(["test", *FIT, "--run.name=s", "--ensemble=snapshots"]) == 0
+    out = capsys_free_metrics(cli)
+    assert {"test/acc", "test/snapshot-1/acc", "test/snapshot-3/loss"} <= set(out)
+
+
+def capsys_free_metrics(cli: TrainkitCLI) -> dict:
+    import json
+
+    return json.loads((cli.run_dir.path / "metrics.json").read_text())
+
+
+def test_a_rewound_ticket_at_80_percent_sparsity_stays_within_2_points_of_dense():
+    rows = lottery([*FIT, "--trainer.max_epochs=6", "--run.name=lt", "--model.prune={sparsity: 0.8, rounds: 1}"])
+    dense, ticket = rows
+    assert dense["sparsity"] == 0.0 and ticket["sparsity"] == pytest.approx(0.8, abs=1e-4)
+    assert ticket["val/acc"] >= dense["val/acc"] - 0.02, rows

@@ -1,0 +1,93 @@
+"""Ensembles of a run's checkpoints: ``trainkit test --ensemble snapshots``.
+
+Each member (a snapshot saved at the end of a cosine_restarts cycle, see
+:mod:`trainkit.callbacks.snapshots`) predicts class probabilities on the split; the ensemble
+predicts their mean. The ensemble's metrics are reported as ``<stage>/<metric>`` and each
+member's as ``<stage>/snapshot-<k>/<metric>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from trainkit.errors import ConfigError
+from trainkit.metrics import make_metrics, scores
+from trainkit.nn.prune import attach_masks
+
+ENSEMBLES = ("snapshots",)
+
+
+def check_ensemble(value: str | None, stage: str) -> str | None:
+    """Validate ``--ensemble`` for ``stage``.
+
+    Raises:
+        ConfigError: an unknown kind, or a stage other than test/validate.
+    """
+    if value is None:
+        return None
+    if value not in ENSEMBLES:
+        raise ConfigError(f"unknown ensemble {value!r} (valid: {', '.join(ENSEMBLES)})", "--ensemble")
+    if stage not in ("test", "validate"):
+        raise ConfigError(f"--ensemble is for the test and validate stages, not {stage}", "--ensemble")
+    return value
+
+
+@torch.no_grad()
+def member_probs(model: torch.nn.Module, checkpoint: Path, loader: Iterable[Any], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Softmax outputs and targets of ``model`` with the weights of ``checkpoint`` on ``loader``."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    attach_masks(model.net, state, "net.")
+    model.load_state_dict(state)
+    model.to(device).eval()
+    probs, targets = [], []
+    for batch in loader:
+        probs.append(model(batch[0].to(device)).float().softmax(-1).cpu())
+        targets.append(batch[1])
+    return torch.cat(probs), torch.cat(targets)
+
+
+def _metrics(probs: Tensor, y: Tensor, num_classes: int, prefix: str) -> dict[str, float]:
+    metrics = make_metrics(num_classes, prefix)
+    # the logits' softmax is probs again, so log-probs feed the shared scores() and the loss
+    logp = probs.clamp_min(1e-12).log()
+    out = {k: float(v) for k, v in metrics(scores(logp), y).items()}
+    out[f"{prefix}/loss"] = float(F.nll_loss(logp, y))
+    return out
+
+
+def ensemble_metrics(model: torch.nn.Module, checkpoints: list[Path], loader: Iterable[Any], stage: str,
+                     num_classes: int, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Metrics of the mean-softmax ensemble of ``checkpoints`` and of each member.
+
+    Raises:
+        ConfigError: no checkpoints (the run was not trained with cosine_restarts).
+    """
+    if not checkpoints:
+        raise ConfigError("the run has no snapshot-*.ckpt: train with model.schedule: {name: cosine_restarts, ...}",
+                          "--ensemble")
+    out: dict[str, float] = {}
+    total = None
+    for path in checkpoints:
+        probs, y = member_probs(model, path, loader, torch.device(device))
+        out.update(_metrics(probs, y, num_classes, f"{stage}/{path.stem}"))
+        total = probs if total is None else total + probs
+    assert total is not None
+    out.update(_metrics(total / len(checkpoints), y, num_classes, stage))
+    return out
+
+
+def run_ensemble(cli: Any, stage: str) -> tuple[dict[str, float], dict[str, Any]]:
+    """The ``--ensemble`` metrics of a TrainkitCLI's run on ``stage``'s split, and what it used."""
+    from trainkit.callbacks.snapshots import snapshot_paths
+
+    paths = snapshot_paths(cli.run_dir.checkpoints)
+    dm = cli.datamodule
+    loader = dm.test_dataloader() if stage == "test" else dm.val_dataloader()
+    metrics = ensemble_metrics(cli.model, paths, loader, stage, cli.model.hparams.num_classes,
+                               cli.trainer.strategy.root_device)
+    return metrics, {f"{stage}/ensemble": ", ".join(p.name for p in paths)}
