@@ -34,6 +34,9 @@ trainkit commands:
              (steepest descent, loss minimum / 10); --write OUT.yaml copies the recipe with it
   preview-data --config RECIPE.yaml [overrides]
              a PNG grid of augmented training samples in a new run dir (and in W&B)
+  sweep      --config R.yaml --space S.yaml --trials N [--sampler grid|random|tpe] [--metric val/acc]
+             [--workers K] [--study NAME] [--refine] [--storage URL] [overrides]: Optuna search
+             over recipe keys; results in <run.root>/<experiment>/sweep-<study>/
 
 Every run lives in <run.root>/<run.experiment>/<run.name>/. See README.md for recipes.
 """
@@ -107,11 +110,19 @@ def cmd_preview_data(args: Sequence[str]) -> int:
     return 0
 
 
+def cmd_sweep(args: Sequence[str]) -> int:
+    """``trainkit sweep``: Optuna search over recipe keys (trainkit/sweep/)."""
+    from trainkit.sweep.command import cmd_sweep as sweep
+
+    return sweep(args)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "list": cmd_list,
     "launch": cmd_launch,
     "lr-find": cmd_lr_find,
     "preview-data": cmd_preview_data,
+    "sweep": cmd_sweep,
 }
 
 
