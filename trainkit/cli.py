@@ -28,6 +28,8 @@ stages (LightningCLI; each takes --config RECIPE.yaml, dotted overrides such as
 trainkit commands:
   launch     --config R.yaml --nodes N --devices D [--torchrun | --slurm] [--dry-run] [overrides]
              print the launch plan, render the torchrun command or sbatch script, start it
+  launch --sweep --config R.yaml --space S.yaml --trials N --study NAME [--workers K] [--dry-run]
+             a SLURM array job: N tasks, each one trial of the shared study
   list KIND  registered names with a one-line description; KIND is one of:
              {kinds}
   lr-find    LR range test on a recipe: loss-vs-lr plot in a run dir, suggested lr

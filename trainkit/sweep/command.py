@@ -154,8 +154,10 @@ def cmd_sweep(argv: Sequence[str]) -> int:
     if args.no_results:
         return max(codes, default=0)
     from trainkit.sweep.results import write_results
+    from trainkit.sweep.study import sweep_lock
 
-    summary = write_results(study, sweep.sweep_dir, sweep.metric, sweep.root, sweep.experiment)
+    with sweep_lock(sweep.sweep_dir):  # array tasks finishing together: one writer at a time
+        summary = write_results(study, sweep.sweep_dir, sweep.metric, sweep.root, sweep.experiment)
     for key, value in summary.items():
         print(f"{key}: {value}")
     print(f"sweep dir: {sweep.sweep_dir}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import math
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -130,6 +131,7 @@ def work(study: Any, params: list[Param], n_trials: int, *, base: list[str], swe
         values = {p.path: p.suggest(trial, grid=grid) for p in params}
         argv = trial_args(base, [override(k, v) for k, v in values.items()], sweep_dir, trial.number, metric, direction)
         trial.set_user_attr("run_dir", str(sweep_dir / f"trial-{trial.number:04d}"))
+        trial.set_user_attr("worker_pid", os.getpid())
         ran += 1
         try:
             result, prune = run_trial(argv, trial, metric, sweep_dir.name)
