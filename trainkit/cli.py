@@ -28,6 +28,8 @@ stages (LightningCLI; each takes --config RECIPE.yaml, dotted overrides such as
 trainkit commands:
   launch     --config R.yaml --nodes N --devices D [--torchrun | --slurm] [--dry-run] [overrides]
              print the launch plan, render the torchrun command or sbatch script, start it
+  launch --sweep --config R.yaml --space S.yaml --trials N --study NAME [--workers K] [--dry-run]
+             a SLURM array job: N tasks, each one trial of the shared study
   list KIND  registered names with a one-line description; KIND is one of:
              {kinds}
   lr-find    LR range test on a recipe: loss-vs-lr plot in a run dir, suggested lr
@@ -36,6 +38,9 @@ trainkit commands:
              a PNG grid of augmented training samples in a new run dir (and in W&B)
   lottery    --config R.yaml [overrides]: lottery ticket (train, prune, rewind, retrain) per
              model.prune {sparsity, scope, rounds, rewind_epoch}; sparsity and metrics per round
+  sweep      --config R.yaml --space S.yaml --trials N [--sampler grid|random|tpe] [--metric val/acc]
+             [--workers K] [--study NAME] [--refine] [--storage URL] [overrides]: Optuna search
+             over recipe keys; results in <run.root>/<experiment>/sweep-<study>/
 
 Every run lives in <run.root>/<run.experiment>/<run.name>/. See README.md for recipes.
 """
@@ -116,12 +121,20 @@ def cmd_lottery(args: Sequence[str]) -> int:
     return run_lottery(args)
 
 
+def cmd_sweep(args: Sequence[str]) -> int:
+    """``trainkit sweep``: Optuna search over recipe keys (trainkit/sweep/)."""
+    from trainkit.sweep.command import cmd_sweep as sweep
+
+    return sweep(args)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "list": cmd_list,
     "launch": cmd_launch,
     "lr-find": cmd_lr_find,
     "preview-data": cmd_preview_data,
     "lottery": cmd_lottery,
+    "sweep": cmd_sweep,
 }
 
 

@@ -132,6 +132,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--devices", type=int, default=1, help="processes (devices) per node")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the command or script; start nothing")
+    p.add_argument("--sweep", action="store_true", help="a SLURM array job of `trainkit sweep` trials (see --sweep --help)")
     t = p.add_argument_group("torchrun")
     t.add_argument("--node-rank", type=int, default=0)
     t.add_argument("--master-addr", default="127.0.0.1")
@@ -151,6 +152,10 @@ def parser() -> argparse.ArgumentParser:
 
 def cmd_launch(argv: Sequence[str]) -> int:
     """``trainkit launch``: see :func:`parser`."""
+    if "--sweep" in argv:  # a SLURM array job of sweep trials: trainkit/sweep/launch.py
+        from trainkit.sweep.launch import cmd_launch_sweep
+
+        return cmd_launch_sweep([a for a in argv if a != "--sweep"])
     args, overrides = parser().parse_known_args(list(argv))
     for bad in (o for o in overrides if not o.startswith("--")):
         raise ConfigError(f"overrides look like --key=value, got {bad!r}", "launch")

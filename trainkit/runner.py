@@ -196,9 +196,13 @@ class TrainkitCLI(LightningCLI):
         import wandb as wandb_lib
 
         recipe = yaml.safe_load(self.recipe_text)
+        # a `trainkit sweep` trial (run dir <experiment>/sweep-<study>/trial-N): the experiment's
+        # project, grouped under the sweep's name
+        group = os.environ.get("TRAINKIT_SWEEP") or None
         wandb = WandbLogger(
             name=self.run_dir.path.name,
-            project=self.run_dir.path.parent.name,
+            project=self.run_dir.path.parent.parent.name if group else self.run_dir.path.parent.name,
+            group=group,
             # absolute: a W&B service inherited through WANDB_SERVICE may run in another directory
             save_dir=str(self.run_dir.path.resolve()),
             id=self.run_dir.wandb_id,

@@ -1,0 +1,176 @@
+"""``trainkit sweep``: check the recipe and space, open the study, run trials (here and in worker
+processes), write the results to the sweep dir ``<run.root>/<experiment>/sweep-<study>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from trainkit.errors import ConfigError
+from trainkit.sweep.space import Param, check_paths, dump_space, load_space, refine, sample_overrides
+from trainkit.sweep.study import PRUNERS, SAMPLERS, grid_size
+
+log = logging.getLogger(__name__)
+
+METRICS = ("loss", "acc", "precision", "recall", "f1", "auroc")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trainkit sweep",
+        description="Search recipe keys with Optuna; each trial is a `trainkit fit` run dir in the sweep dir.",
+        epilog="Anything else (--trainer.max_epochs=5 ...) is an override for every trial.",
+    )
+    p.add_argument("--config", required=True, help="recipe YAML file")
+    p.add_argument("--space", help="space YAML: recipe path -> {choice|uniform|loguniform|int: [...]}")
+    p.add_argument("--trials", type=int, default=None, help="trials to run (default: the grid's size, else 20)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="tpe")
+    p.add_argument("--metric", default="val/acc", help="validation metric to optimize (default val/acc)")
+    p.add_argument("--direction", choices=("maximize", "minimize"), default=None,
+                   help="default: minimize for val/loss, else maximize")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage: RDB URL or journal:PATH (default: SQLite study.db in the sweep dir)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes sharing the study")
+    p.add_argument("--study", default=None, help="study name; an existing study is joined (default: a timestamp)")
+    p.add_argument("--refine", action="store_true",
+                   help="start a new study <study>-fine over ranges narrowed around the best trials of --study")
+    p.add_argument("--pruner", choices=PRUNERS, default="median", help="stops unpromising trials early")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (the grid's order; every worker uses the same)")
+    p.add_argument("--sweep-dir", help=argparse.SUPPRESS)  # set for local worker processes: checks done
+    p.add_argument("--no-results", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+@dataclass
+class Sweep:
+    """Everything a worker needs, resolved once."""
+
+    name: str
+    sweep_dir: Path
+    params: list[Param]
+    metric: str
+    direction: str
+    root: str  # run.root and run.experiment of the recipe: where best.yaml's runs go
+    experiment: str
+
+
+def resolve(args: argparse.Namespace, overrides: list[str]) -> Sweep:
+    """Check recipe, space and metric (ConfigError before anything is written) and name the sweep."""
+    stage, name = args.metric.split("/", 1) if "/" in args.metric else ("", args.metric)
+    if stage != "val" or name not in METRICS:
+        raise ConfigError(f"must be a validation metric, one of {', '.join('val/' + m for m in METRICS)}; got {args.metric!r}", "--metric")
+    direction = args.direction or ("minimize" if name == "loss" else "maximize")
+    if args.trials is not None and args.trials < 1 or args.workers < 1:
+        raise ConfigError(f"--trials and --workers must be >= 1, got {args.trials} and {args.workers}", "sweep")
+    if args.sweep_dir:  # a worker started by a sweep that checked everything
+        sweep_dir = Path(args.sweep_dir)
+        params = load_space(sweep_dir / "space.yaml")
+        return Sweep(args.study, sweep_dir, params, args.metric, direction, "", "")
+
+    from trainkit.runner import TrainkitCLI
+
+    base = TrainkitCLI(["fit", "--config", args.config, *overrides], run_stage=False)
+    experiment_dir = base.run_dir.path.parent
+    cfg = base.config["fit"]
+    if args.refine:
+        if not args.study:
+            raise ConfigError("names the study to refine: --refine --study NAME", "--refine")
+        params, name = _refined(args, experiment_dir, direction)
+    else:
+        if not args.space:
+            raise ConfigError("a sweep needs a space file: --space S.yaml", "--space")
+        params = load_space(args.space)
+        name = args.study or time.strftime("%Y%m%d-%H%M%S")
+    if "/" in name or name in ("", ".", ".."):
+        raise ConfigError(f"must be a plain name, got {name!r}", "--study")
+    check_paths(params, dict(cfg.items()), args.config)
+    if args.sampler == "grid":
+        for p in params:
+            p.grid()  # raises for continuous ranges
+    # the values must build: keys inside dicts (model.optimizer.lrr) and types fail here, exit 2
+    TrainkitCLI(["fit", "--config", args.config, *overrides, *sample_overrides(params)], run_stage=False)
+    return Sweep(name, experiment_dir / f"sweep-{name}", params, args.metric, direction, str(cfg.run.root), experiment_dir.name)
+
+
+def _refined(args: argparse.Namespace, experiment_dir: Path, direction: str) -> tuple[list[Param], str]:
+    """The narrowed space around the best quarter of the complete trials of ``--study``, and its new name."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from trainkit.sweep.study import storage
+
+    old_dir = experiment_dir / f"sweep-{args.study}"
+    if not (old_dir / "space.yaml").is_file():
+        raise ConfigError(f"no sweep {args.study!r} to refine: {old_dir}/space.yaml is missing", "--study")
+    old = optuna.load_study(study_name=args.study, storage=storage(args.storage, old_dir))
+    done = list(old.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    done.sort(key=lambda t: t.value, reverse=old.direction.name.lower() == "maximize")
+    top = done[: max(1, math.ceil(len(done) / 4))]
+    params = refine(load_space(args.space or old_dir / "space.yaml"), [t.params for t in top])
+    name, n = f"{args.study}-fine", 1
+    while (experiment_dir / f"sweep-{name}").exists():
+        n += 1
+        name = f"{args.study}-fine{n}"
+    return params, name
+
+
+def cmd_sweep(argv: Sequence[str]) -> int:
+    """``trainkit sweep``: see :func:`parser`."""
+    args, overrides = parser().parse_known_args(list(argv))
+    for bad in (o for o in overrides if not o.startswith("--")):
+        raise ConfigError(f"overrides look like --key=value, got {bad!r}", "sweep")
+    sweep = resolve(args, overrides)
+    from trainkit.sweep.study import open_study, pruner, sampler, storage, work
+
+    grid = args.sampler == "grid"
+    n_trials = args.trials or (grid_size(sweep.params) if grid else 20)
+    sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
+    if not args.sweep_dir:
+        from trainkit.rundir import atomic_write_text
+
+        atomic_write_text(sweep.sweep_dir / "space.yaml", dump_space(sweep.params))
+    storage_obj = storage(args.storage, sweep.sweep_dir)
+    # random and TPE draw different points per worker; a grid's order must be the same in all
+    task = int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)) + int(os.environ.get("TRAINKIT_SWEEP_WORKER", 0))
+    seed = args.seed if grid else args.seed + task
+    study = open_study(sweep.name, storage_obj, sampler(args.sampler, sweep.params, seed), pruner(args.pruner),
+                       sweep.direction, sweep.sweep_dir)
+    quotas = [n_trials // args.workers + (i < n_trials % args.workers) for i in range(args.workers)]
+    workers = [_start_worker(args, overrides, sweep, q, i) for i, q in enumerate(quotas) if i and q]
+    base = ["--config", args.config, *overrides]
+    try:
+        work(study, sweep.params, quotas[0], base=base, sweep_dir=sweep.sweep_dir, metric=sweep.metric, grid=grid)
+    finally:
+        codes = [w.wait() for w in workers]
+    if args.no_results:
+        return max(codes, default=0)
+    from trainkit.sweep.results import write_results
+    from trainkit.sweep.study import sweep_lock
+
+    with sweep_lock(sweep.sweep_dir):  # array tasks finishing together: one writer at a time
+        summary = write_results(study, sweep.sweep_dir, sweep.metric, sweep.root, sweep.experiment)
+    for key, value in summary.items():
+        print(f"{key}: {value}")
+    print(f"sweep dir: {sweep.sweep_dir}")
+    return max(codes, default=0)
+
+
+def _start_worker(args: argparse.Namespace, overrides: list[str], sweep: Sweep, trials: int, index: int) -> subprocess.Popen:
+    """Another process running ``trials`` trials of the same study and storage."""
+    storage_arg = args.storage or f"sqlite:///{(sweep.sweep_dir / 'study.db').resolve()}"
+    cmd = [
+        sys.executable, "-m", "trainkit", "sweep", "--config", args.config, "--study", sweep.name,
+        "--storage", storage_arg, "--trials", str(trials), "--sampler", args.sampler, "--metric", sweep.metric,
+        "--direction", sweep.direction, "--pruner", args.pruner, "--seed", str(args.seed),
+        "--sweep-dir", str(sweep.sweep_dir), "--no-results", *overrides,
+    ]
+    return subprocess.Popen(cmd, env={**os.environ, "TRAINKIT_SWEEP_WORKER": str(index)})
