@@ -67,9 +67,8 @@ def test_torchrun_two_workers_match_one_process_with_the_same_global_batch():
 def test_two_torchrun_nodes_on_loopback_train_together():
     port = free_port()
     nodes = [
-        torchrun({"NNODES": "2", "NODE_RANK": str(rank), "NPROC": "1", "RUN_ID": "twonode", "MASTER_PORT": str(port)},
-                 "--trainer.max_epochs=2")
-        for rank in (0, 1)
+        torchrun({"NNODES": "2", "NPROC": "1", "RUN_ID": "twonode", "MASTER_PORT": str(port)}, "--trainer.max_epochs=2")
+        for _node in (0, 1)
     ]
     outs = [finish(p) for p in nodes]
     assert "run dir: runs/digits_mlp/torchrun-twonode" in outs[0]

@@ -37,7 +37,7 @@ trainkit commands:
   preview-data --config RECIPE.yaml [overrides]
              a PNG grid of augmented training samples in a new run dir (and in W&B)
   lottery    --config R.yaml [overrides]: lottery ticket (train, prune, rewind, retrain) per
-             model.prune {sparsity, scope, rounds, rewind_epoch}; sparsity and metrics per round
+             model.prune {{sparsity, scope, rounds, rewind_epoch}}; sparsity and metrics per round
   sweep      --config R.yaml --space S.yaml --trials N [--sampler grid|random|tpe] [--metric val/acc]
              [--workers K] [--study NAME] [--refine] [--storage URL] [overrides]: Optuna search
              over recipe keys; results in <run.root>/<experiment>/sweep-<study>/

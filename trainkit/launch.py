@@ -134,10 +134,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan and the command or script; start nothing")
     p.add_argument("--sweep", action="store_true", help="a SLURM array job of `trainkit sweep` trials (see --sweep --help)")
     t = p.add_argument_group("torchrun")
-    t.add_argument("--node-rank", type=int, default=0)
     t.add_argument("--master-addr", default="127.0.0.1")
     t.add_argument("--master-port", type=int, default=29500)
-    t.add_argument("--rdzv-endpoint", default=None, help="host:port of a c10d rendezvous (instead of master addr)")
+    t.add_argument("--rdzv-endpoint", default=None, help="host:port of the c10d rendezvous (default: master addr:port)")
     t.add_argument("--run-id", default=None, help="same on every node; names the run dir")
     t.add_argument("--max-restarts", type=int, default=0)
     s = p.add_argument_group("slurm")
@@ -206,7 +205,7 @@ def cmd_launch(argv: Sequence[str]) -> int:
     if args.rdzv_endpoint:
         env["RDZV_ENDPOINT"] = args.rdzv_endpoint
     else:
-        env.update(NODE_RANK=str(args.node_rank), MASTER_ADDR=args.master_addr, MASTER_PORT=str(args.master_port))
+        env.update(MASTER_ADDR=args.master_addr, MASTER_PORT=str(args.master_port))
     command = torchrun_command(fit_args, env)
     print(shlex.join(command))
     if args.dry_run:

@@ -15,7 +15,9 @@ MASK = "***"
 
 
 def is_secret_name(name: str) -> bool:
-    """>>> is_secret_name("WANDB_API_KEY"), is_secret_name("hf_token"), is_secret_name("max_epochs")
+    """Whether a variable or key name looks like a credential.
+
+    >>> is_secret_name("WANDB_API_KEY"), is_secret_name("hf_token"), is_secret_name("max_epochs")
     (True, True, False)
     """
     return bool(SECRET_NAME.search(name))
