@@ -35,6 +35,10 @@ def test_fit_then_test_on_digits(isolated):
     assert metrics["val/acc"] >= 0.95, metrics
     assert metrics["fit/epochs"] == 20
     assert not any(k.startswith("test/") for k in metrics), "fit must not look at the test split"
+    # the fit verdict (issue 12): the default recipe converges within its 20 epochs
+    assert metrics["verdict"]["verdict"] == "converged", metrics["verdict"]
+    assert "verdict: converged: " in fit.stdout and "eval mode" in fit.stdout
+    assert metrics["fit/stop_reason"] == "epoch budget" and metrics["fit/early_stopped"] is False
     # the printed table is the best checkpoint's validation metrics
     assert f"val/acc        {metrics['val/acc']:.4f}" in fit.stdout
 

@@ -76,7 +76,7 @@ def test_dataset_sets_classes_and_input_shape_of_the_model():
 
 @pytest.mark.parametrize(
     "key",
-    ["--data.loader=memory", "--early_stopping={monitor: val/loss}"],
+    ["--data.loader=memory"],
 )
 def test_keys_of_later_issues_are_not_accepted_yet(key, capsys):
     assert main(["fit", "--config", str(DEFAULT_RECIPE), key]) == 2

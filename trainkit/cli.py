@@ -23,7 +23,7 @@ stages (LightningCLI; each takes --config RECIPE.yaml, dotted overrides such as
   fit        train; reports the validation metrics of the best checkpoint
   validate   evaluate a run's checkpoint on the validation split (--run.name, --ckpt_path)
   test       evaluate a run's checkpoint on the test split (--run.name, --ckpt_path best|last|PATH)
-  predict    write class probabilities of the test split to <run dir>/predictions.csv
+  predict    class probabilities and labels as CSV in the run dir (--input test|train|val|FOLDER|FILE.csv)
 
 trainkit commands:
   launch     --config R.yaml --nodes N --devices D [--torchrun | --slurm] [--dry-run] [overrides]
@@ -162,7 +162,7 @@ def run_stage(argv: Sequence[str]) -> int:
         if result.metrics:
             print(format_table(result.metrics))
         for key, value in result.extra.items():
-            print(f"{key}: {value}")
+            print(f"{key}: {value['line'] if isinstance(value, dict) and 'line' in value else value}")
         print(f"run dir: {result.run_dir}")
     return 0
 

@@ -8,7 +8,6 @@ any file is written.
 
 from __future__ import annotations
 
-import csv
 import sys
 import os
 import difflib
@@ -26,11 +25,14 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from trainkit.callbacks.checkpointing import LastCheckpoint
+from trainkit.callbacks.curves import FitCurves
+from trainkit.callbacks.early_stopping import EarlyStoppingConfig, SmoothedEarlyStopping
 from trainkit.callbacks.rng import RNGState
 from trainkit.callbacks.world import WorldRecord
 from trainkit.checkpoints import check_compatible, first_loadable, load_checkpoint
@@ -41,8 +43,10 @@ from trainkit.errors import ConfigError
 from trainkit.metrics import STAGES
 from trainkit.module import Classifier
 from trainkit.optim.scaling import check_lr_scaling
+from trainkit.predict import output_path, resolve_input, write_predictions
 from trainkit.rundir import RUN_DIR_ENV, RunConfig, RunDir, atomic_write_text, resolve_run_dir, resume_candidates, wandb_mode
 from trainkit.secrets import find_secret, redact
+from trainkit.verdict import fit_report
 
 METRIC_NAMES = ("loss", "acc", "precision", "recall", "f1", "auroc")
 
@@ -113,11 +117,21 @@ class TrainkitCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunConfig, "run")
         parser.add_class_arguments(CheckpointConfig, "checkpoint", instantiate=False)
+        parser.add_argument("--early_stopping", type=Optional[EarlyStoppingConfig], default=None, help="early stopping (null: off)")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
         parser.link_arguments("seed_everything", "data.seed", compute_fn=augment_seed)
         parser.add_argument("--ensemble", type=Optional[str], default=None,
                             help="test/validate: evaluate an ensemble of the run's checkpoints (snapshots)")
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        # LightningCLI's only per-subcommand hook (add_arguments_to_parser serves them all):
+        # --input belongs to predict alone and reaches self.predict as ckpt_path does
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            parser.add_argument("--input", type=str, default="test", help="train|val|test, a folder of images or a CSV of features")
+            self._subcommand_method_arguments[subcommand].append("input")
+        return parser
 
     # -- parsing: resolve the run dir and checkpoint before anything is built ---------------
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -132,6 +146,13 @@ class TrainkitCLI(LightningCLI):
         self.run_cfg = RunConfig(**cfg.run.as_dict())
         self.ckpt_cfg = CheckpointConfig(**cfg.checkpoint.as_dict())
         self.ensemble = check_ensemble(cfg.get("ensemble"), stage)
+        es = cfg.get("early_stopping")
+        self.es_cfg = EarlyStoppingConfig(**es.as_dict()) if es is not None else None
+        if self.es_cfg and (self.ckpt_cfg.monitor, self.ckpt_cfg.mode) != (self.es_cfg.monitor, self.es_cfg.mode):
+            # best.ckpt is ranked by the metric that stops the run: one criterion, one best epoch
+            rank_zero_info(f"checkpoint.monitor follows early_stopping: {self.es_cfg.monitor} ({self.es_cfg.mode})")
+            self.ckpt_cfg.monitor, self.ckpt_cfg.mode = self.es_cfg.monitor, self.es_cfg.mode
+            cfg.checkpoint.monitor, cfg.checkpoint.mode = self.es_cfg.monitor, self.es_cfg.mode
         recipes = cfg.get("config") or []
         self.recipe_path = str(recipes[0]) if recipes else None
         self.run_dir = resolve_run_dir(self.run_cfg, self.recipe_path, stage)
@@ -170,7 +191,10 @@ class TrainkitCLI(LightningCLI):
                 LastCheckpoint(self.run_dir.checkpoints / "last.ckpt", self.ckpt_cfg.every_n_steps),
                 WorldRecord(self.datamodule.batch_size, check_lr_scaling(self.model.lr_scaling)),
                 RNGState(),
+                FitCurves(),
             ]
+            if self.es_cfg is not None:
+                callbacks.append(SmoothedEarlyStopping(self.es_cfg))
         kwargs["callbacks"] = callbacks
         if SLURMEnvironment.detect() and not TorchElasticEnvironment.detect():
             # trainkit's Preemption callback checkpoints and requeues instead of Lightning's handler
@@ -251,6 +275,8 @@ class TrainkitCLI(LightningCLI):
             self.result = StageResult("fit", {}, self.run_dir.path, {"fit/preempted_at_step": self.trainer.global_step})
             return
         best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+        # before validate(): loading best.ckpt there restores the callbacks' states of that epoch
+        report = fit_report(self.trainer, best, datamodule.num_classes)
         # fit reports the validation metrics of the checkpoint it calls best, not the last epoch
         metrics = self.trainer.validate(
             model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
@@ -258,7 +284,11 @@ class TrainkitCLI(LightningCLI):
         self._finish(
             "fit",
             metrics,
-            {"fit/best_checkpoint": Path(best).name if best else None, "fit/epochs": self.trainer.current_epoch},
+            {
+                "fit/best_checkpoint": Path(best).name if best else None,
+                "fit/epochs": self.trainer.current_epoch,
+                **report,
+            },
         )
 
     def validate(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
@@ -272,10 +302,12 @@ class TrainkitCLI(LightningCLI):
         metrics = self.trainer.test(model, datamodule=datamodule, **{**kwargs, "verbose": False})[0]
         self._finish("test", metrics, {"test/checkpoint": str(kwargs.get("ckpt_path"))})
 
-    def predict(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
-        batches = self.trainer.predict(model, datamodule=datamodule, **kwargs)
-        out = self.run_dir.path / "predictions.csv"
-        _write_predictions(out, batches)
+    def predict(self, model: Classifier, datamodule: DataModule, input: str = "test", **kwargs: Any) -> None:
+        inp = resolve_input(input, datamodule)
+        loader = torch.utils.data.DataLoader(inp.dataset, batch_size=datamodule.batch_size, num_workers=datamodule.num_workers)
+        batches = self.trainer.predict(model, dataloaders=loader, **kwargs)
+        out = output_path(self.run_dir.path, inp.name)
+        _write_predictions(out, batches, inp, datamodule.data.classes)
         self.result = StageResult("predict", {}, self.run_dir.path, {"predictions": str(out)})
 
     def _finish(self, stage: str, metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
@@ -339,18 +371,8 @@ def _write_metrics(run_dir: RunDir, metrics: dict[str, Any]) -> None:
 
 
 @rank_zero_only
-def _write_predictions(path: Path, batches: list[dict[str, torch.Tensor]]) -> None:
-    probs = torch.cat([b["probs"] for b in batches])
-    preds = torch.cat([b["pred"] for b in batches])
-    targets = torch.cat([b["target"] for b in batches]) if "target" in batches[0] else None
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "pred"] + (["target"] if targets is not None else []) + [f"prob_{c}" for c in range(probs.shape[1])])
-        for i in range(len(preds)):
-            row = [i, int(preds[i])] + ([int(targets[i])] if targets is not None else [])
-            w.writerow(row + [f"{p:.6f}" for p in probs[i].tolist()])
-    tmp.replace(path)
+def _write_predictions(path: Path, *args: Any) -> None:
+    write_predictions(path, *args)
 
 
 def run(argv: list[str]) -> StageResult:

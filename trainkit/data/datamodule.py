@@ -236,6 +236,7 @@ class DataModule(pl.LightningDataModule):
         arrays = {s: (data.x[idx[s]], data.y[idx[s]]) for s in SPLITS}
         if data.test is not None:
             arrays["test"] = (data.test.x, data.test.y)
+        self.arrays = arrays  # raw splits, for eval_dataset (predict, the fit verdict)
         # statistics of the (un-augmented) training split only: val/test must not leak into preprocessing
         self.mean, self.std = standardization_stats(arrays["train"][0])
         if self.whiten:
@@ -276,6 +277,12 @@ class DataModule(pl.LightningDataModule):
             key = f"data.augment.{'train' if split == 'train' else 'eval'}"
             raise ConfigError(f"the pipeline turns {x.shape[1:]} images into {tuple(ds[0][0].shape)}; it must keep the size", key)
         return ds
+
+    def eval_dataset(self, x: np.ndarray, y: np.ndarray | None = None) -> Dataset:
+        """Raw inputs (dataset units) preprocessed as val/test are: training-split statistics,
+        whitening, eval pipeline. ``y``: labels, or ``None`` (zeros) for unlabelled inputs."""
+        y = np.zeros(len(x), dtype=np.int64) if y is None else y
+        return self._dataset("eval", np.asarray(x, dtype=np.float32), y, self.data.max_value)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # mixing runs here, on the training device, on training batches only

@@ -1,0 +1,218 @@
+"""Training control (issue 12): early stopping with smoothing, the fit verdict, predict --input,
+gradient accumulation and mixed precision in the lr plan."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from conftest import DEFAULT_RECIPE, QUIET
+
+from trainkit.callbacks.early_stopping import EarlyStoppingConfig, SmoothedEarlyStopping
+from trainkit.cli import main
+from trainkit.data.datamodule import DataModule
+from trainkit.runner import TrainkitCLI
+
+FAST = ["--data.num_workers=0", "--trainer.logger=false", *QUIET]
+
+
+def fit(name: str, *overrides: str) -> dict:
+    assert main(["fit", "--config", str(DEFAULT_RECIPE), "--run.name", name, *FAST, *overrides]) == 0
+    return json.loads(Path(f"runs/digits_mlp/{name}/metrics.json").read_text())
+
+
+# -- early stopping --------------------------------------------------------------------------
+def test_plateau_stops_after_patience_and_reports_the_best_epoch(capsys):
+    # lr 0 from epoch 3 on: the weights, hence val/loss, stay exactly those of epoch 2
+    m = fit(
+        "plateau",
+        "--early_stopping={monitor: val/loss, patience: 3}",
+        "--model.schedule={name: multistep, milestones: [2], gamma: 0.0}",
+        "--model.arch_args={depth: 1, width: 32}",
+        "--trainer.max_epochs=20",
+    )
+    assert m["fit/early_stopped"] is True
+    assert (m["fit/epochs"], m["fit/stopped_epoch"], m["fit/best_epoch"], m["fit/es_best_epoch"]) == (5, 5, 2, 2)
+    assert "val/loss" in m["fit/stop_reason"] and "for 3 epochs after epoch 2" in m["fit/stop_reason"]
+    out = capsys.readouterr().out
+    assert f"fit/stop_reason: {m['fit/stop_reason']}" in out
+    # best.ckpt was ranked by the early-stopping metric, not the recipe's checkpoint.monitor (val/acc)
+    best = torch.load("runs/digits_mlp/plateau/checkpoints/best.ckpt", weights_only=True)
+    ckpt_state = next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert "val/loss" in next(k for k in best["callbacks"] if k.startswith("ModelCheckpoint"))
+    assert abs(float(ckpt_state["best_model_score"]) - m["val/loss"]) < 1e-6
+    config = Path("runs/digits_mlp/plateau/config.yaml").read_text()
+    assert "monitor: val/loss" in config and "patience: 3" in config
+
+
+class Scripted(pl.LightningModule):
+    """Trains a real layer but logs a planted val/loss series, one value per epoch."""
+
+    def __init__(self, series: list[float]):
+        super().__init__()
+        self.series = series
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", self.series[self.current_epoch])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def run_series(series: list[float], smoothing: float, patience: int = 1) -> int:
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2)), batch_size=4)
+    es = SmoothedEarlyStopping(EarlyStoppingConfig("val/loss", patience=patience, smoothing=smoothing))
+    trainer = pl.Trainer(
+        max_epochs=len(series), callbacks=[es], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    trainer.fit(Scripted(series), data, data)
+    return trainer.current_epoch
+
+
+def test_smoothing_rides_out_one_bad_epoch():
+    improving_with_a_bad_epoch = [1.0, 0.9, 0.8, 0.85, 0.7, 0.6, 0.5]
+    assert run_series(improving_with_a_bad_epoch, smoothing=0.0) == 4, "raw metric: patience 1 stops at the bad epoch"
+    assert run_series(improving_with_a_bad_epoch, smoothing=0.5) == 7, "EMA: the bad epoch does not stop the run"
+    assert run_series([1.0, 0.9, 0.8, 1.2, 1.3, 1.4, 1.5], smoothing=0.5) == 4, "a real rise still stops it"
+
+
+@pytest.mark.parametrize(
+    "value, key",
+    [("{monitor: val/los}", "early_stopping.monitor"), ("{patience: 0}", "early_stopping.patience"),
+     ("{smoothing: 1.0}", "early_stopping.smoothing"), ("{mode: up}", "early_stopping.mode")],
+)
+def test_bad_early_stopping_is_refused_by_key(value, key, capsys):
+    assert main(["fit", "--config", str(DEFAULT_RECIPE), f"--early_stopping={value}", *FAST]) == 2
+    assert key in capsys.readouterr().err
+    assert not Path("runs").exists()
+
+
+# -- fit verdict -----------------------------------------------------------------------------
+def test_verdict_over_fitting_wide_mlp_on_10_percent_of_digits():
+    m = fit(
+        "over",
+        "--data.val_fraction=0.2",
+        "--data.test_fraction=0.7",
+        "--model.arch_args={depth: 2, width: 512}",
+        "--model.optimizer={name: sgd, lr: 0.1, momentum: 0.9}",
+        "--trainer.max_epochs=10",
+    )
+    v = m["verdict"]
+    assert v["verdict"] == "over-fitting", v
+    assert v["train_loss"] < 0.05 and v["val_loss"] - v["train_loss"] > 0.3
+    assert "training samples" in v["line"]
+
+
+def test_verdict_under_fitting_linear_model_tiny_lr():
+    m = fit("under", "--model.arch_args={depth: 0}", "--model.optimizer={name: sgd, lr: 1.0e-4}", "--trainer.max_epochs=2")
+    v = m["verdict"]
+    assert v["verdict"] == "under-fitting", v
+    assert v["train_loss"] > 0.3 * np.log(10) and abs(v["gap"]) < 0.1 * np.log(10)
+
+
+# (the default recipe's "converged" verdict is checked in test_e2e.py, on its full fit)
+
+
+# -- predict on a short run's checkpoint, against `trainkit test` ---------------------------------
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("default")
+    args = ["--run.root", str(root), "--run.name", "d", "--model.arch_args={depth: 1, width: 64}", *FAST]
+    assert main(["fit", "--config", str(DEFAULT_RECIPE), *args, "--trainer.max_epochs=3"]) == 0
+    assert main(["test", "--config", str(DEFAULT_RECIPE), *args, "--ckpt_path", "best"]) == 0
+    return root / "digits_mlp" / "d"
+
+
+def predict(run_dir: Path, *extra: str) -> int:
+    args = ["--run.root", str(run_dir.parents[1]), "--run.name", run_dir.name, "--ckpt_path", "best", *FAST,
+            "--model.arch_args={depth: 1, width: 64}"]
+    return main(["predict", "--config", str(DEFAULT_RECIPE), *args, *extra])
+
+
+def read_csv(path: Path) -> tuple[list[dict], np.ndarray]:
+    rows = list(csv.DictReader(path.open()))
+    probs = np.array([[float(r[f"prob_{c}"]) for c in range(10)] for r in rows])
+    return rows, probs
+
+
+def test_predict_test_split_matches_trainkit_test(default_run):
+    assert predict(default_run) == 0
+    rows, probs = read_csv(default_run / "predictions.csv")
+    dm = DataModule(num_workers=0)
+    dm.setup()
+    assert len(rows) == len(dm.splits["test"])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    preds = np.array([int(r["pred"]) for r in rows])
+    assert (preds == probs.argmax(axis=1)).all()
+    assert [r["label"] for r in rows] == [str(p) for p in preds]  # digits' class names are "0".."9"
+    targets = np.array([int(r["target"]) for r in rows])
+    assert (targets == dm.arrays["test"][1]).all()
+    test_acc = json.loads((default_run / "metrics.json").read_text())["test/acc"]
+    assert abs((preds == targets).mean() - test_acc) < 1e-6
+
+
+def test_predict_csv_of_features_and_folder_of_images(default_run, tmp_path):
+    dm = DataModule(num_workers=0)
+    dm.setup()
+    x = dm.arrays["test"][0][:40]  # raw digits (0-16): the CSV holds features as the dataset does
+    feats = tmp_path / "feats.csv"
+    np.savetxt(feats, x.reshape(len(x), -1), delimiter=",", header=",".join(f"f{i}" for i in range(64)), comments="")
+    assert predict(default_run, "--input", str(feats)) == 0
+    rows, probs = read_csv(default_run / "predictions_feats.csv")
+    assert len(rows) == 40
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    # same inputs, same preprocessing (training-split standardization): same probabilities as the split
+    assert predict(default_run, "--input", "test") == 0
+    _, test_probs = read_csv(default_run / "predictions.csv")
+    np.testing.assert_allclose(probs, test_probs[:40], atol=2e-6)
+
+    import cv2
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, img in enumerate(x[:, 0]):
+        cv2.imwrite(str(folder / f"{i:02d}.png"), np.round(img * 255 / 16).astype(np.uint8))
+    assert predict(default_run, "--input", str(folder)) == 0
+    rows, probs = read_csv(default_run / "predictions_images.csv")
+    assert [r["source"] for r in rows] == [f"{i:02d}.png" for i in range(40)]
+    preds = np.array([int(r["pred"]) for r in rows])
+    assert (preds == probs.argmax(axis=1)).all()
+    # 8-bit files rescaled to the dataset's 0-16 range: the same digits, nearly the same answers
+    assert (preds == test_probs[:40].argmax(axis=1)).mean() >= 0.9
+
+
+def test_predict_input_is_checked(default_run, capsys):
+    assert predict(default_run, "--input", "nowhere.csv") == 2
+    assert "input:" in capsys.readouterr().err
+    assert main(["fit", "--config", str(DEFAULT_RECIPE), "--input", "test", *FAST]) == 2
+
+
+# -- gradient accumulation and mixed precision ---------------------------------------------------
+def build(*overrides: str) -> TrainkitCLI:
+    return TrainkitCLI(["fit", "--config", str(DEFAULT_RECIPE), "--trainer.fast_dev_run=true", *FAST, *overrides])
+
+
+def test_gradient_accumulation_counts_in_the_lr_plan():
+    scaling = "--model.lr_scaling={rule: linear, base_batch_size: 64}"
+    plain = build(scaling).trainer.optimizers[0].param_groups[0]["lr"]
+    accum = build(scaling, "--trainer.accumulate_grad_batches=4").trainer.optimizers[0].param_groups[0]["lr"]
+    assert plain == pytest.approx(0.1) and accum == pytest.approx(0.4)
+
+
+def test_bf16_mixed_precision_runs_the_forward_in_bf16_on_cpu():
+    cli = build("--trainer.precision=bf16-mixed")
+    assert cli.trainer.precision == "bf16-mixed"
+    x = cli.datamodule.splits["val"][:8][0]
+    with cli.trainer.precision_plugin.forward_context():
+        assert cli.model(x).dtype == torch.bfloat16
+    assert cli.model(x).dtype == torch.float32
