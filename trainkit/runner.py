@@ -28,10 +28,12 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
 from trainkit.callbacks.checkpointing import LastCheckpoint
+from trainkit.callbacks.diagnostics import DiagnosticsConfig, diagnostics_callbacks
 from trainkit.callbacks.world import WorldRecord
 from trainkit.data.datamodule import DataModule
 from trainkit.data.preview import augment_seed, pipelines_config, save_pipelines
 from trainkit.errors import ConfigError
+from trainkit.evaluation import evaluation_plots
 from trainkit.metrics import STAGES
 from trainkit.module import Classifier
 from trainkit.optim.scaling import check_lr_scaling
@@ -106,6 +108,7 @@ class TrainkitCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunConfig, "run")
         parser.add_class_arguments(CheckpointConfig, "checkpoint", instantiate=False)
+        parser.add_class_arguments(DiagnosticsConfig, "diagnostics", instantiate=False)
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
         parser.link_arguments("seed_everything", "data.seed", compute_fn=augment_seed)
@@ -122,6 +125,7 @@ class TrainkitCLI(LightningCLI):
         cfg = self.config[stage]
         self.run_cfg = RunConfig(**cfg.run.as_dict())
         self.ckpt_cfg = CheckpointConfig(**cfg.checkpoint.as_dict())
+        self.diag_cfg = DiagnosticsConfig(**cfg.diagnostics.as_dict())
         recipes = cfg.get("config") or []
         self.recipe_path = str(recipes[0]) if recipes else None
         self.run_dir = resolve_run_dir(self.run_cfg, self.recipe_path, stage)
@@ -152,6 +156,7 @@ class TrainkitCLI(LightningCLI):
                 )
             )
             callbacks += [
+                *diagnostics_callbacks(self.diag_cfg),
                 LastCheckpoint(self.run_dir.checkpoints / "last.ckpt", self.ckpt_cfg.every_n_steps),
                 WorldRecord(self.datamodule.batch_size, check_lr_scaling(self.model.lr_scaling)),
             ]
@@ -217,7 +222,8 @@ class TrainkitCLI(LightningCLI):
 
     def test(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
         metrics = self.trainer.test(model, datamodule=datamodule, **{**kwargs, "verbose": False})[0]
-        self._finish("test", metrics, {"test/checkpoint": str(kwargs.get("ckpt_path"))})
+        plots = evaluation_plots(self.trainer, model, datamodule, self.run_dir.path)
+        self._finish("test", metrics, {"test/checkpoint": str(kwargs.get("ckpt_path")), **plots})
 
     def predict(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
         batches = self.trainer.predict(model, datamodule=datamodule, **kwargs)
