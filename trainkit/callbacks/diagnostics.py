@@ -80,10 +80,23 @@ def saturated_fraction(out: Tensor, low: float, high: float, margin: float = 0.0
     return float(((out <= low + eps) | (out >= high - eps)).float().mean())
 
 
+def signal_std(out: Tensor) -> float:
+    """Std over the batch (and positions) per unit, averaged over units: how much the signal
+    still varies between samples (a layer can have a large std across units yet carry none).
+
+    >>> signal_std(torch.tensor([[0.0, 5.0], [2.0, 5.0]]))
+    0.7071067690849304
+    """
+    if out.ndim < 2 or out.shape[0] < 2:
+        return 0.0
+    per_unit = out.detach().float().transpose(0, 1).reshape(out.shape[1], -1)
+    return float(per_unit.std(dim=1).mean())
+
+
 def activation_stats(module: nn.Module, out: Tensor) -> dict[str, float]:
-    """Mean, std, and the dead or saturated fraction of an activation module's output."""
+    """Mean, std, signal std, and the dead or saturated fraction of an activation module's output."""
     out = out.detach().float()
-    stats = {"act_mean": float(out.mean()), "act_std": float(out.std()) if out.numel() > 1 else 0.0}
+    stats = {"act_mean": float(out.mean()), "act_std": float(out.std()) if out.numel() > 1 else 0.0, "act_signal_std": signal_std(out)}
     if isinstance(module, DEAD_KINDS):
         stats["dead"] = dead_fraction(out)
     for kind, (low, high) in SATURATING.items():
