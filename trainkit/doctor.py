@@ -192,8 +192,8 @@ def lr_range(sweep: dict[str, list[float]], lr: float) -> Check:
     msg = f"recipe lr {lr:.3g}; range test suggests {found['steepest']:.3g} (steepest), {found['min10']:.3g} (min/10)"
     if blew_up is not None and lr >= blew_up:
         return Check("lr_range", FAIL, msg + f"; the loss blows up from lr {blew_up:.3g}: lower the lr", values)
-    if not found["steepest"] / 30 <= lr <= found["steepest"] * 30:
-        return Check("lr_range", WARN, msg + ": more than 30x apart (`trainkit lr-find --write` for a recipe with it)", values)
+    if not found["steepest"] / 100 <= lr <= found["steepest"] * 100:
+        return Check("lr_range", WARN, msg + ": more than 100x apart (`trainkit lr-find --write` for a recipe with it)", values)
     return Check("lr_range", PASS, msg, values)
 
 
