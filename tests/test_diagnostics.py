@@ -106,3 +106,9 @@ def test_fit_logs_diag_values_and_test_writes_evaluation_plots(capsys):
         path = Path("runs/digits_mlp/e") / f"{name}.png"
         assert f"test/plot_{name}: {path}" in out
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_bad_diagnostics_interval_is_bad_input(capsys):
+    assert main(["fit", "--config", str(DEFAULT_RECIPE), *FAST, "--diagnostics.every_n_steps=0"]) == 2
+    assert "diagnostics.every_n_steps: must be >= 1" in capsys.readouterr().err
+    assert not Path("runs").exists()
