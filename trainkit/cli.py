@@ -34,6 +34,9 @@ trainkit commands:
              {kinds}
   lr-find    LR range test on a recipe: loss-vs-lr plot in a run dir, suggested lr
              (steepest descent, loss minimum / 10); --write OUT.yaml copies the recipe with it
+  doctor     --config R.yaml [overrides]: preflight checks on the recipe's model and data
+             (initial loss, overfit one batch, gradient flow, activations, data, lr); a
+             PASS/WARN/FAIL table, doctor.json and doctor.png in a run dir; exit 1 on a FAIL
   preview-data --config RECIPE.yaml [overrides]
              a PNG grid of augmented training samples in a new run dir (and in W&B)
   lottery    --config R.yaml [overrides]: lottery ticket (train, prune, rewind, retrain) per
@@ -101,6 +104,13 @@ def cmd_lr_find(args: Sequence[str]) -> int:
     return run_lr_find(args)
 
 
+def cmd_doctor(args: Sequence[str]) -> int:
+    """``trainkit doctor --config R.yaml [overrides]``: preflight checks (trainkit/doctor.py)."""
+    from trainkit.doctor import cmd_doctor as run_doctor
+
+    return run_doctor(args)
+
+
 def cmd_preview_data(args: Sequence[str]) -> int:
     """``trainkit preview-data --config R.yaml [overrides]``: write and log the augmentation grid."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -132,6 +142,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "list": cmd_list,
     "launch": cmd_launch,
     "lr-find": cmd_lr_find,
+    "doctor": cmd_doctor,
     "preview-data": cmd_preview_data,
     "lottery": cmd_lottery,
     "sweep": cmd_sweep,
@@ -179,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trainkit {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
-    from trainkit.errors import ConfigError
+    from trainkit.errors import ConfigError, TrainingFailed
 
     try:
         if command in STAGES:
@@ -190,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"trainkit: error: {e}", file=sys.stderr)
         return 2
+    except TrainingFailed as e:  # a run that failed (not bad input): one message, exit 1
+        print(f"trainkit: error: {e}", file=sys.stderr)
+        return 1
     except SystemExit as e:  # jsonargparse's own exits (--help, --print_config, bad input: 2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     except KeyboardInterrupt:

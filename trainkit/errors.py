@@ -26,3 +26,7 @@ class ConfigError(ValueError):
         if self.key:
             return self
         return ConfigError(str(self), key=key)
+
+
+class TrainingFailed(RuntimeError):
+    """A run that started and could not go on (e.g. diverged to NaN): exit code 1, one message."""

@@ -34,12 +34,14 @@ from trainkit.callbacks.checkpointing import LastCheckpoint
 from trainkit.callbacks.curves import FitCurves
 from trainkit.callbacks.early_stopping import EarlyStoppingConfig, SmoothedEarlyStopping
 from trainkit.callbacks.rng import RNGState
+from trainkit.callbacks.diagnostics import DiagnosticsConfig, diagnostics_callbacks
 from trainkit.callbacks.world import WorldRecord
 from trainkit.checkpoints import check_compatible, first_loadable, load_checkpoint
 from trainkit.data.datamodule import DataModule
 from trainkit.data.preview import augment_seed, pipelines_config, save_pipelines
 from trainkit.ensemble import check_ensemble, run_ensemble
 from trainkit.errors import ConfigError
+from trainkit.evaluation import evaluation_plots
 from trainkit.metrics import STAGES
 from trainkit.module import Classifier
 from trainkit.optim.scaling import check_lr_scaling
@@ -118,6 +120,7 @@ class TrainkitCLI(LightningCLI):
         parser.add_class_arguments(RunConfig, "run")
         parser.add_class_arguments(CheckpointConfig, "checkpoint", instantiate=False)
         parser.add_argument("--early_stopping", type=Optional[EarlyStoppingConfig], default=None, help="early stopping (null: off)")
+        parser.add_class_arguments(DiagnosticsConfig, "diagnostics", instantiate=False)
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
         parser.link_arguments("seed_everything", "data.seed", compute_fn=augment_seed)
@@ -153,6 +156,7 @@ class TrainkitCLI(LightningCLI):
             rank_zero_info(f"checkpoint.monitor follows early_stopping: {self.es_cfg.monitor} ({self.es_cfg.mode})")
             self.ckpt_cfg.monitor, self.ckpt_cfg.mode = self.es_cfg.monitor, self.es_cfg.mode
             cfg.checkpoint.monitor, cfg.checkpoint.mode = self.es_cfg.monitor, self.es_cfg.mode
+        self.diag_cfg = DiagnosticsConfig(**cfg.diagnostics.as_dict())
         recipes = cfg.get("config") or []
         self.recipe_path = str(recipes[0]) if recipes else None
         self.run_dir = resolve_run_dir(self.run_cfg, self.recipe_path, stage)
@@ -188,6 +192,7 @@ class TrainkitCLI(LightningCLI):
                 )
             )
             callbacks += [
+                *diagnostics_callbacks(self.diag_cfg),
                 LastCheckpoint(self.run_dir.checkpoints / "last.ckpt", self.ckpt_cfg.every_n_steps),
                 WorldRecord(self.datamodule.batch_size, check_lr_scaling(self.model.lr_scaling)),
                 RNGState(),
@@ -300,7 +305,8 @@ class TrainkitCLI(LightningCLI):
         if self.ensemble:
             return self._finish("test", *run_ensemble(self, "test"))
         metrics = self.trainer.test(model, datamodule=datamodule, **{**kwargs, "verbose": False})[0]
-        self._finish("test", metrics, {"test/checkpoint": str(kwargs.get("ckpt_path"))})
+        plots = evaluation_plots(self.trainer, model, datamodule, self.run_dir.path)
+        self._finish("test", metrics, {"test/checkpoint": str(kwargs.get("ckpt_path")), **plots})
 
     def predict(self, model: Classifier, datamodule: DataModule, input: str = "test", **kwargs: Any) -> None:
         inp = resolve_input(input, datamodule)

@@ -133,6 +133,10 @@ class DataModule(pl.LightningDataModule):
         mix: batch mixing ``{mixup_alpha, cutmix_alpha, switch_prob, prob}`` on the training
             batches (loss on soft targets, metrics on the hard labels).
         seed: seed of the augmentation and mixing streams; linked from ``seed_everything``.
+        standardize: standardize inputs with the training split's statistics; ``false`` feeds
+            them raw (for data already scaled; ``trainkit doctor`` warns when they are not).
+        permute_labels: shuffle the labels across samples before splitting (a randomization
+            test: a model that still fits the training split memorizes; nothing generalizes).
     """
 
     def __init__(
@@ -155,6 +159,8 @@ class DataModule(pl.LightningDataModule):
         augment: dict[str, Any] | None = None,
         mix: dict[str, float] | None = None,
         seed: int = 0,
+        standardize: bool = True,
+        permute_labels: bool = False,
     ):
         super().__init__()
         try:
@@ -202,6 +208,7 @@ class DataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers
         self.batch_ramp = check_batch_ramp(batch_ramp)
         self.folds, self.fold, self.whiten, self.seed = folds, fold, whiten, seed
+        self.standardize, self.permute_labels = standardize, permute_labels
         self.splits: dict[str, Dataset] = {}
         self.pipelines: dict[str, Any] = {}
         self.whitener: Any = None
@@ -233,12 +240,15 @@ class DataModule(pl.LightningDataModule):
             idx = kfold_split(data.y, test_fraction, self.folds, self.fold, self.split_seed)
         else:
             idx = stratified_split(data.y, self.val_fraction, test_fraction, self.split_seed)
-        arrays = {s: (data.x[idx[s]], data.y[idx[s]]) for s in SPLITS}
+        y = np.random.default_rng(self.split_seed).permutation(data.y) if self.permute_labels else data.y
+        arrays = {s: (data.x[idx[s]], y[idx[s]]) for s in SPLITS}
         if data.test is not None:
             arrays["test"] = (data.test.x, data.test.y)
         self.arrays = arrays  # raw splits, for eval_dataset (predict, the fit verdict)
         # statistics of the (un-augmented) training split only: val/test must not leak into preprocessing
         self.mean, self.std = standardization_stats(arrays["train"][0])
+        if not self.standardize:
+            self.mean, self.std = np.zeros_like(self.mean), np.ones_like(self.std)
         if self.whiten:
             from sklearn.decomposition import PCA
 
