@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import lightning.pytorch  # noqa: F401  (its log handler binds to the session's stderr, not a test's)
 import pytest
@@ -24,19 +25,23 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/wandb_records.py
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh working dir and a home without W&B credentials (so W&B must pick offline)."""
     for var in list(os.environ):
         if var.startswith(("WANDB_", "TRAINKIT_", "SLURM_")) or var in ("NETRC", "TORCHELASTIC_RUN_ID"):
             monkeypatch.delenv(var, raising=False)
     # set and removed again at teardown: runs in this process set it for their child processes
     monkeypatch.setenv("TRAINKIT_RUN_DIR", "")
+    # whatever a test's in-process runs add to the environment (WANDB_SERVICE, ...) goes with it
+    saved = dict(os.environ)
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.chdir(tmp_path)
-    return tmp_path
+    yield tmp_path
+    for var in set(os.environ) - set(saved):
+        del os.environ[var]
 
 
 def trainkit(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -190,6 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trainkit {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
+    # A W&B service inherited from a parent process belongs to other runs: a requeued job
+    # attaching to it finds its own run id "in use". Each trainkit command starts its own.
+    import os
+
+    os.environ.pop("WANDB_SERVICE", None)
     from trainkit.errors import ConfigError, TrainingFailed
 
     try:
