@@ -84,7 +84,7 @@ def format_report(checks: list[Check]) -> str:
 
 def run_doctor(args: list[str], overfit_steps: int = 100, sweep_steps: int = 60) -> tuple[list[Check], Path]:
     """Build the recipe as ``fit`` would, run every check; writes doctor.json/png. Returns (checks, run dir)."""
-    from trainkit.runner import TrainkitCLI, _create_run_dir
+    from trainkit.runner import TrainkitCLI, create_run_dir
 
     # no logger: the doctor writes its own files and starts no W&B run
     cli = TrainkitCLI(["fit", *args, "--run.resume=never", "--trainer.logger=false"], run_stage=False)
@@ -120,7 +120,7 @@ def run_doctor(args: list[str], overfit_steps: int = 100, sweep_steps: int = 60)
         lr_range(sweep, lr),
     ]
     out = cli.run_dir.path
-    _create_run_dir(cli.run_dir, cli.recipe_text)
+    create_run_dir(cli.run_dir, cli.recipe_text)
     report = {"recipe": cli.recipe_path, "run_dir": str(out), "lr": lr,
               "checks": [vars(c) for c in checks], "failed": any(c.status == FAIL for c in checks)}
     (out / "doctor.json").write_text(json.dumps(report, indent=2, default=float) + "\n")

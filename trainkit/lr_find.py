@@ -59,12 +59,12 @@ def cmd_lr_find(argv: Sequence[str]) -> int:
         raise ConfigError(f"{opts.write!r} exists; name a new file (lr-find never overwrites)", "--write")
     if not any(a.startswith("--run.name") for a in rest):
         rest.append(f"--run.name=lr-find-{time.strftime('%Y%m%d-%H%M%S')}")
-    from trainkit.runner import _finish_wandb
+    from trainkit.runner import finish_wandb
 
     try:
         cli = LrFindCLI(["fit", *rest, "--run.resume=never"], opts)
     finally:
-        _finish_wandb()
+        finish_wandb()
     found = cli.found
     print(f"suggested lr: {found['steepest']:.3g} (steepest descent); {found['min10']:.3g} (loss minimum / 10)")
     if found["scale"] != 1.0:

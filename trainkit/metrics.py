@@ -11,6 +11,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import AUROC, Accuracy, F1Score, Precision, Recall
 
 STAGES = ("train", "val", "test")
+METRIC_NAMES = ("loss", "acc", "precision", "recall", "f1", "auroc")  # logged as <stage>/<name>
 
 
 def make_metrics(num_classes: int, stage: str) -> MetricCollection:

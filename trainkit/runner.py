@@ -8,10 +8,8 @@ any file is written.
 
 from __future__ import annotations
 
-import sys
 import os
-import difflib
-import re
+import sys
 import warnings
 from argparse import ArgumentError
 from dataclasses import dataclass, field
@@ -42,41 +40,13 @@ from trainkit.data.preview import augment_seed, pipelines_config, save_pipelines
 from trainkit.ensemble import check_ensemble, run_ensemble
 from trainkit.errors import ConfigError
 from trainkit.evaluation import evaluation_plots
-from trainkit.metrics import STAGES
+from trainkit.recipe import CheckpointConfig, check_recipe_files, explain_parse_error
 from trainkit.module import Classifier
 from trainkit.optim.scaling import check_lr_scaling
 from trainkit.predict import output_path, resolve_input, write_predictions
 from trainkit.rundir import RUN_DIR_ENV, RunConfig, RunDir, atomic_write_text, resolve_run_dir, resume_candidates, wandb_mode
 from trainkit.secrets import find_secret, redact
 from trainkit.verdict import fit_report
-
-METRIC_NAMES = ("loss", "acc", "precision", "recall", "f1", "auroc")
-
-
-@dataclass
-class CheckpointConfig:
-    """Which checkpoint is "best" (the recipe's ``checkpoint:`` keys).
-
-    Args:
-        monitor: metric that ranks checkpoints, ``<train|val>/<loss|acc|precision|recall|f1|auroc>``.
-        mode: ``max`` (higher is better) or ``min``.
-        every_n_steps: also refresh ``last.ckpt`` every this many optimizer steps, mid-epoch
-            (``null``: at epoch ends only); a resume continues with the batches not yet seen.
-    """
-
-    monitor: str = "val/acc"
-    mode: str = "max"
-    every_n_steps: int | None = None
-
-    def __post_init__(self) -> None:
-        valid = [f"{s}/{m}" for s in STAGES[:2] for m in METRIC_NAMES]
-        if self.monitor not in valid:
-            raise ConfigError(f"unknown metric {self.monitor!r} (valid: {', '.join(valid)})", "checkpoint.monitor")
-        if self.mode not in ("min", "max"):
-            raise ConfigError(f"must be min or max, got {self.mode!r}", "checkpoint.mode")
-        if self.every_n_steps is not None and self.every_n_steps < 1:
-            raise ConfigError(f"must be >= 1 or null, got {self.every_n_steps}", "checkpoint.every_n_steps")
-
 
 @dataclass
 class StageResult:
@@ -269,7 +239,7 @@ class TrainkitCLI(LightningCLI):
         if "LOCAL_RANK" not in os.environ:
             # the processes Lightning starts for the other devices inherit this: one run dir
             os.environ[RUN_DIR_ENV] = str(self.run_dir.path)
-        _create_run_dir(self.run_dir, self.recipe_text)
+        create_run_dir(self.run_dir, self.recipe_text)
         save_pipelines(self.run_dir.path, self.datamodule)
 
     def fit(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
@@ -323,46 +293,8 @@ class TrainkitCLI(LightningCLI):
         self.result = StageResult(stage, metrics, self.run_dir.path, extra)
 
 
-def check_recipe_files(args: list[str]) -> None:
-    """Name the file when a recipe given by ``--config`` is not readable YAML (jsonargparse does not)."""
-    for i, arg in enumerate(args):
-        if arg in ("-c", "--config") and i + 1 < len(args):
-            path = args[i + 1]
-        elif arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-        else:
-            continue
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read recipe {path!r}: {e.strerror}", "--config") from None
-        try:
-            recipe = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"recipe {path!r} is not valid YAML: {e}", "--config") from None
-        if not isinstance(recipe, dict):
-            raise ConfigError(f"recipe {path!r} must be a mapping of keys, got {type(recipe).__name__}", "--config")
-
-
-def explain_parse_error(message: str, parser: LightningArgumentParser | None) -> str:
-    """jsonargparse's message, plus the closest valid keys for an unknown one."""
-    message = message.strip()
-    unknown = re.search(r"unrecognized arguments: --([\w.]+)|accept (?:option|nested key) '([\w.]+)'", message)
-    if unknown and parser is not None:
-        key = unknown.group(1) or unknown.group(2)
-        known = [k for k in parser.get_defaults().keys() if k not in ("config", "__default_config__")]
-        close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-        group = key.rsplit(".", 1)[0] + "." if "." in key else ""
-        siblings = [k for k in known if k.startswith(group) and k.count(".") == key.count(".")]
-        if close:
-            message += f"; did you mean {' or '.join(close)}?"
-        if siblings and len(siblings) <= 20:
-            message += f" (valid: {', '.join(siblings)})"
-    return message
-
-
 @rank_zero_only
-def _create_run_dir(run_dir: RunDir, recipe_text: str) -> None:
+def create_run_dir(run_dir: RunDir, recipe_text: str) -> None:
     """Make the run dir; write config.yaml and the W&B id only if absent (a resume keeps them)."""
     run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
     if not run_dir.config_file.exists():
@@ -393,10 +325,10 @@ def run(argv: list[str]) -> StageResult:
         assert cli.result is not None, "every stage sets a result"
         return cli.result
     finally:
-        _finish_wandb()
+        finish_wandb()
 
 
-def _finish_wandb() -> None:
+def finish_wandb() -> None:
     import wandb
 
     if wandb.run is not None:

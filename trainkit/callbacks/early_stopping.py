@@ -45,7 +45,7 @@ class EarlyStoppingConfig:
     smoothing: float = 0.0
 
     def __post_init__(self) -> None:
-        from trainkit.runner import METRIC_NAMES  # the names Classifier logs; imported late (no cycle)
+        from trainkit.metrics import METRIC_NAMES
 
         valid = [f"{s}/{m}" for s in ("val", "train") for m in METRIC_NAMES]
         if self.monitor not in valid:

@@ -87,7 +87,7 @@ def _raw_image(dm: DataModule, ds: Any, i: int) -> np.ndarray:
 
 def run_preview(argv: list[str]) -> Path:
     """``trainkit preview-data`` as a function: the preview PNG's path (in a new run dir)."""
-    from trainkit.runner import TrainkitCLI, _finish_wandb
+    from trainkit.runner import TrainkitCLI, finish_wandb
 
     class PreviewCLI(TrainkitCLI):
         # the fit stage's parsing, run dir and logger, but a preview instead of training
@@ -98,7 +98,7 @@ def run_preview(argv: list[str]) -> Path:
         cli = PreviewCLI(["fit", *argv])
         return cli.preview
     finally:
-        _finish_wandb()
+        finish_wandb()
 
 
 @rank_zero_only

@@ -69,7 +69,7 @@ def check_schedule(spec: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _check_monitor(monitor: str) -> None:
-    from trainkit.runner import METRIC_NAMES  # the names Classifier logs; imported late (no cycle)
+    from trainkit.metrics import METRIC_NAMES
 
     valid = [f"{s}/{m}" for s in ("val", "train") for m in METRIC_NAMES]
     if monitor not in valid:

@@ -18,7 +18,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
 from trainkit.errors import ConfigError
-from trainkit.runner import StageResult, TrainkitCLI, _finish_wandb
+from trainkit.runner import StageResult, TrainkitCLI, finish_wandb
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def run_trial(argv: list[str], trial: Any, metric: str, group: str) -> tuple[Sta
         assert cli.result is not None, "fit sets a result"
         return cli.result, pruner
     finally:
-        _finish_wandb()
+        finish_wandb()
         if previous is None:
             os.environ.pop(SWEEP_ENV, None)
         else:

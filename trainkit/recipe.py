@@ -1,0 +1,81 @@
+"""Recipe-level configuration groups and the explanation of parse errors.
+
+``checkpoint:`` is a group of its own (not a Classifier or DataModule argument); parse errors
+from jsonargparse are turned into one line that names the key and the closest valid ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainkit.errors import ConfigError
+from trainkit.metrics import METRIC_NAMES, STAGES
+
+
+@dataclass
+class CheckpointConfig:
+    """Which checkpoint is "best" (the recipe's ``checkpoint:`` keys).
+
+    Args:
+        monitor: metric that ranks checkpoints, ``<train|val>/<loss|acc|precision|recall|f1|auroc>``.
+        mode: ``max`` (higher is better) or ``min``.
+        every_n_steps: also refresh ``last.ckpt`` every this many optimizer steps, mid-epoch
+            (``null``: at epoch ends only); a resume continues with the batches not yet seen.
+    """
+
+    monitor: str = "val/acc"
+    mode: str = "max"
+    every_n_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        valid = [f"{s}/{m}" for s in STAGES[:2] for m in METRIC_NAMES]
+        if self.monitor not in valid:
+            raise ConfigError(f"unknown metric {self.monitor!r} (valid: {', '.join(valid)})", "checkpoint.monitor")
+        if self.mode not in ("min", "max"):
+            raise ConfigError(f"must be min or max, got {self.mode!r}", "checkpoint.mode")
+        if self.every_n_steps is not None and self.every_n_steps < 1:
+            raise ConfigError(f"must be >= 1 or null, got {self.every_n_steps}", "checkpoint.every_n_steps")
+
+
+def check_recipe_files(args: list[str]) -> None:
+    """Name the file when a recipe given by ``--config`` is not readable YAML (jsonargparse does not)."""
+    for i, arg in enumerate(args):
+        if arg in ("-c", "--config") and i + 1 < len(args):
+            path = args[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        else:
+            continue
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read recipe {path!r}: {e.strerror}", "--config") from None
+        try:
+            recipe = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"recipe {path!r} is not valid YAML: {e}", "--config") from None
+        if not isinstance(recipe, dict):
+            raise ConfigError(f"recipe {path!r} must be a mapping of keys, got {type(recipe).__name__}", "--config")
+
+
+def explain_parse_error(message: str, parser: Any) -> str:
+    """jsonargparse's message, plus the closest valid keys for an unknown one."""
+    message = message.strip()
+    unknown = re.search(r"unrecognized arguments: --([\w.]+)|accept (?:option|nested key) '([\w.]+)'", message)
+    if unknown and parser is not None:
+        key = unknown.group(1) or unknown.group(2)
+        known = [k for k in parser.get_defaults().keys() if k not in ("config", "__default_config__")]
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+        group = key.rsplit(".", 1)[0] + "." if "." in key else ""
+        siblings = [k for k in known if k.startswith(group) and k.count(".") == key.count(".")]
+        if close:
+            message += f"; did you mean {' or '.join(close)}?"
+        if siblings and len(siblings) <= 20:
+            message += f" (valid: {', '.join(siblings)})"
+    return message
