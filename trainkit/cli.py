@@ -9,7 +9,10 @@ Exit codes: 0 success, 2 bad input (one message naming the culprit), 1 anything 
 from __future__ import annotations
 
 import sys
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+if TYPE_CHECKING:
+    import argparse
 
 STAGES = ("fit", "validate", "test", "predict")
 
@@ -147,6 +150,17 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "lottery": cmd_lottery,
     "sweep": cmd_sweep,
 }
+
+
+def command_options(parser: "argparse.ArgumentParser", argv: Sequence[str]) -> tuple[Any, list[str]] | None:
+    """A trainkit command's own options, and the rest (recipe and overrides) it passes on to the
+    recipe parser; ``None`` after printing the help for ``-h``/``--help``."""
+    argv = list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        parser.print_help()
+        print("\nRecipe options: see `trainkit fit --help`.")
+        return None
+    return parser.parse_known_args(argv)
 
 
 def format_table(metrics: dict[str, float]) -> str:

@@ -53,12 +53,12 @@ def cmd_doctor(argv: Sequence[str]) -> int:
     """Run the checks, print the table and the run dir; returns 0 (no FAIL) or 1."""
     from trainkit.errors import ConfigError
 
-    argv = list(argv)
-    if any(a in ("-h", "--help") for a in argv):
-        _parser().print_help()
-        print("\nRecipe options: see `trainkit fit --help`.")
+    from trainkit.cli import command_options
+
+    parsed = command_options(_parser(), argv)
+    if parsed is None:
         return 0
-    opts, rest = _parser().parse_known_args(argv)
+    opts, rest = parsed
     if opts.overfit_steps < 10 or opts.sweep_steps < 20:
         raise ConfigError(f"need --overfit-steps >= 10 and --sweep-steps >= 20, got {opts.overfit_steps} and {opts.sweep_steps}", "doctor")
     if not any(a.startswith("--run.name") for a in rest):

@@ -119,6 +119,24 @@ def torchrun_command(argv: Sequence[str], env: dict[str, str]) -> list[str]:
     return ["env", *(f"{k}={v}" for k, v in env.items()), "bash", str(template("torchrun.sh")), *argv]
 
 
+def sbatch_settings(args: argparse.Namespace, specific: dict[str, str]) -> dict[str, str]:
+    """``#SBATCH`` values from the common launch options plus ``specific`` ones, each checked to
+    be a plain word, so nothing can break out of its directive line.
+
+    Raises:
+        ConfigError: a value with characters other than letters, digits and ``. : - _ %``.
+    """
+    settings = {"job-name": args.job_name, **specific, "cpus-per-task": str(args.cpus_per_task), "time": args.time}
+    if args.partition:
+        settings["partition"] = args.partition
+    if args.gpus_per_node:
+        settings["gpus-per-node"] = str(args.gpus_per_node)
+    for key, value in settings.items():
+        if not re.fullmatch(r"[\w.:\-%]+", value):
+            raise ConfigError(f"--{key} must be a plain word (letters, digits, . : - _ %), got {value!r}", "launch")
+    return settings
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="trainkit launch",
@@ -171,20 +189,7 @@ def cmd_launch(argv: Sequence[str]) -> int:
     print(f"plan: {plan.describe()}")
     fit_args = [args.config, *overrides]
     if args.slurm:
-        settings = {
-            "job-name": args.job_name,
-            "nodes": str(args.nodes),
-            "ntasks-per-node": str(args.devices),
-            "cpus-per-task": str(args.cpus_per_task),
-            "time": args.time,
-        }
-        if args.partition:
-            settings["partition"] = args.partition
-        if args.gpus_per_node:
-            settings["gpus-per-node"] = str(args.gpus_per_node)
-        for key, value in settings.items():
-            if not re.fullmatch(r"[\w.:\-]+", value):
-                raise ConfigError(f"--{key} must be a plain word (letters, digits, . : - _), got {value!r}", "launch")
+        settings = sbatch_settings(args, {"nodes": str(args.nodes), "ntasks-per-node": str(args.devices)})
         script = render_sbatch(template("slurm.sbatch").read_text(), settings, fit_args)
         if args.dry_run:
             print(script, end="")

@@ -45,12 +45,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_lr_find(argv: Sequence[str]) -> int:
     """Run the range test; prints both suggestions and the run dir. Returns the exit code."""
-    argv = list(argv)
-    if any(a in ("-h", "--help") for a in argv):
-        _parser().print_help()
-        print("\nRecipe options: see `trainkit fit --help`.")
+    from trainkit.cli import command_options
+
+    parsed = command_options(_parser(), argv)
+    if parsed is None:
         return 0
-    opts, rest = _parser().parse_known_args(argv)
+    opts, rest = parsed
     if not 0 < opts.min_lr < opts.max_lr:
         raise ConfigError(f"need 0 < --min-lr < --max-lr, got {opts.min_lr} and {opts.max_lr}", "--min-lr")
     if opts.steps < 10:

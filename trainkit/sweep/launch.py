@@ -6,7 +6,6 @@ the study name and an explicit storage, so they all join the same study.
 
 from __future__ import annotations
 
-import re
 import shlex
 import subprocess
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from trainkit.errors import ConfigError
-from trainkit.launch import render_sbatch, template
+from trainkit.launch import render_sbatch, sbatch_settings, template
 from trainkit.sweep.command import parser as sweep_parser
 from trainkit.sweep.command import resolve
 from trainkit.sweep.space import dump_space
@@ -58,19 +57,7 @@ def cmd_launch_sweep(argv: Sequence[str]) -> int:
         "--sampler", args.sampler, "--metric", sweep.metric, "--direction", sweep.direction,
         "--pruner", args.pruner, "--seed", str(args.seed), *overrides,
     ]
-    settings = {
-        "job-name": args.job_name,
-        "array": f"0-{trials - 1}" + (f"%{workers}" if workers else ""),
-        "cpus-per-task": str(args.cpus_per_task),
-        "time": args.time,
-    }
-    if args.partition:
-        settings["partition"] = args.partition
-    if args.gpus_per_node:
-        settings["gpus-per-node"] = str(args.gpus_per_node)
-    for key, value in settings.items():
-        if not re.fullmatch(r"[\w.:\-%]+", value):
-            raise ConfigError(f"--{key} must be a plain word (letters, digits, . : - _), got {value!r}", "launch")
+    settings = sbatch_settings(args, {"array": f"0-{trials - 1}" + (f"%{workers}" if workers else "")})
     script = render_sbatch(template("sweep.sbatch").read_text(), settings, task_args)
     print(f"sweep {sweep.name}: {trials} array tasks, one trial each; sweep dir {sweep.sweep_dir}; storage {storage}")
     if args.dry_run:
