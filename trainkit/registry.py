@@ -69,6 +69,29 @@ class Registry(Generic[T]):
             raise ConfigError(self.unknown_message(name))
         return self._entries[name]
 
+    def split_spec(self, spec: Any, key: str, skip: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
+        """``(name, keyword arguments)`` of a recipe spec: a name, or ``{name: ..., <arguments>}``.
+
+        Args:
+            spec: the recipe value.
+            key: the recipe key, for error messages.
+            skip: arguments trainkit fills in itself (invalid from recipes).
+
+        Raises:
+            ConfigError: no or unknown name, or an argument the entry does not take.
+        """
+        if isinstance(spec, str):
+            name, kwargs = spec, {}
+        elif isinstance(spec, dict) and "name" in spec:
+            name, kwargs = spec["name"], {k: v for k, v in spec.items() if k != "name"}
+        else:
+            raise ConfigError(f"a name or {{name: ..., <arguments>}}, got {spec!r}", key)
+        try:
+            check_kwargs(self.get(name), kwargs, f"{self.kind} {name!r}", skip=skip)
+        except ConfigError as e:
+            raise e.with_key(key) from None
+        return name, kwargs
+
     def unknown_message(self, name: Any) -> str:
         known = self.names()
         close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)

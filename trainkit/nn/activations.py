@@ -39,17 +39,7 @@ def split_spec(spec: ActivationSpec) -> tuple[str, dict[str, Any]]:
     Raises:
         ConfigError: no or unknown name, or an argument the activation does not take.
     """
-    if isinstance(spec, str):
-        name, kwargs = spec, {}
-    elif isinstance(spec, dict) and "name" in spec:
-        name, kwargs = spec["name"], {k: v for k, v in spec.items() if k != "name"}
-    else:
-        raise ConfigError(f"a name or {{name: ..., <arguments>}}, got {spec!r}", KEY)
-    try:
-        check_kwargs(ACTIVATIONS.get(name), kwargs, f"activation {name!r}", skip=("inplace",))
-    except ConfigError as e:
-        raise e.with_key(KEY) from None
-    return name, kwargs
+    return ACTIVATIONS.split_spec(spec, KEY, skip=("inplace",))
 
 
 def make_activation(spec: ActivationSpec) -> nn.Module:

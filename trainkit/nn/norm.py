@@ -74,17 +74,7 @@ def split_spec(spec: NormSpec) -> tuple[str, dict[str, Any]]:
     Raises:
         ConfigError: no or unknown name, or an argument the norm does not take.
     """
-    if isinstance(spec, str):
-        name, kwargs = spec, {}
-    elif isinstance(spec, dict) and "name" in spec:
-        name, kwargs = spec["name"], {k: v for k, v in spec.items() if k != "name"}
-    else:
-        raise ConfigError(f"a name or {{name: ..., <arguments>}}, got {spec!r}", KEY)
-    try:
-        check_kwargs(NORMS.get(name), kwargs, f"norm {name!r}", skip=("channels", "spatial"))
-    except ConfigError as e:
-        raise e.with_key(KEY) from None
-    return name, kwargs
+    return NORMS.split_spec(spec, KEY, skip=("channels", "spatial"))
 
 
 def make_norm(spec: NormSpec, channels: int, spatial: bool) -> nn.Module:
