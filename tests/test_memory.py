@@ -138,3 +138,13 @@ def test_memory_refuses_augmentations_it_cannot_batch():
     dm = DataModule(num_workers=0, loader="memory", augment={"train": "cifar"})
     dm.setup()
     assert dm.memory_augment == BatchAugment(hflip=0.5, pad=4, fill=dm.memory_augment.fill)
+
+
+def test_cli_refuses_an_unbatchable_augment_with_exit_2_naming_the_key(capsys):
+    from trainkit.cli import main
+
+    assert main(["fit", "--config", str(DEFAULT_RECIPE), "--data.loader=memory", "--data.augment={train: affine}"]) == 2
+    err = capsys.readouterr().err
+    assert "data.augment" in err and "HorizontalFlip" in err
+    assert main(["fit", "--config", str(DEFAULT_RECIPE), "--data.loader=fast"]) == 2
+    assert "dataloader, memory" in capsys.readouterr().err
