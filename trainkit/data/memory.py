@@ -156,6 +156,7 @@ class MemoryLoader:
 
 
 def check_loader(loader: str) -> str:
+    """``data.loader`` checked: ``dataloader`` or ``memory``."""
     if loader not in LOADERS:
         raise ConfigError(f"unknown loader {loader!r} (valid: {', '.join(LOADERS)})", "data.loader")
     return loader
@@ -165,6 +166,3 @@ def device_tensors(ds: Any, device: torch.device) -> tuple[torch.Tensor, torch.T
     """The tensors of a standardized ``TensorDataset``, moved to ``device`` once."""
     x, y = ds.tensors
     return x.to(device), y.to(device)
-
-
-__all__ = ["BatchAugment", "MemoryLoader", "batch_augment", "check_loader", "device_tensors", "LOADERS", "SUPPORTED"]
