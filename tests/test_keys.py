@@ -9,7 +9,6 @@ import torch
 from conftest import DEFAULT_RECIPE, QUIET
 from torch import nn
 
-from trainkit.cli import main
 from trainkit.runner import TrainkitCLI
 
 
@@ -72,12 +71,3 @@ def test_dataset_sets_classes_and_input_shape_of_the_model():
     first, last = cli.model.net[1], cli.model.net[-1]
     assert first.in_features == 30 and last.out_features == 2
     assert cli.model.hparams.num_classes == 2 and tuple(cli.model.hparams.input_shape) == (30,)
-
-
-@pytest.mark.parametrize(
-    "key",
-    ["--data.loader=memory"],
-)
-def test_keys_of_later_issues_are_not_accepted_yet(key, capsys):
-    assert main(["fit", "--config", str(DEFAULT_RECIPE), key]) == 2
-    assert key.split("=")[0].lstrip("-") in capsys.readouterr().err

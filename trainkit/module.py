@@ -98,6 +98,7 @@ class Classifier(pl.LightningModule):
         # keyed "<stage>_": a ModuleDict key "train" would clash with nn.Module.train
         self.metrics = nn.ModuleDict({f"{s}_": make_metrics(num_classes, s) for s in STAGES})
         self.losses = nn.ModuleDict({f"{s}_": MeanMetric() for s in STAGES})
+        self.registered: set[str] = set()  # stages whose metric objects Lightning holds this epoch
         setup_extras(self)
 
     def setup(self, stage: str) -> None:
@@ -115,9 +116,12 @@ class Classifier(pl.LightningModule):
         losses, metrics = self.losses[f"{stage}_"], self.metrics[f"{stage}_"]
         losses.update(loss.detach(), weight=y.numel())
         metrics.update(scores(logits), y)
-        # Metric objects are computed and synced once per epoch by torchmetrics.
-        self.log(f"{stage}/loss", losses, on_step=False, on_epoch=True, prog_bar=stage != "train")
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=False)
+        # Metric objects are computed and synced once per epoch by torchmetrics, so handing them
+        # to Lightning once per epoch is enough: each self.log costs ~0.6 ms, more than a small step
+        if stage not in self.registered:
+            self.registered.add(stage)
+            self.log(f"{stage}/loss", losses, on_step=False, on_epoch=True, prog_bar=stage != "train")
+            self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=False)
         reg = self.regularization
         if stage == "train" and (reg["l1"] or reg["l2"]):
             extra = penalty(self.net, reg["l1"], reg["l2"], reg["no_decay_bias_norm"])
@@ -131,6 +135,11 @@ class Classifier(pl.LightningModule):
         self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self.registered.clear()
+
+    on_validation_epoch_start = on_test_epoch_start = on_train_epoch_start
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self.model_step(batch, "val")

@@ -32,6 +32,7 @@ from trainkit.callbacks.checkpointing import LastCheckpoint
 from trainkit.callbacks.curves import FitCurves
 from trainkit.callbacks.early_stopping import EarlyStoppingConfig, SmoothedEarlyStopping
 from trainkit.callbacks.rng import RNGState
+from trainkit.callbacks.throughput import Throughput, throughput_record
 from trainkit.callbacks.diagnostics import DiagnosticsConfig, diagnostics_callbacks
 from trainkit.callbacks.world import WorldRecord
 from trainkit.checkpoints import check_compatible, first_loadable, load_checkpoint
@@ -167,6 +168,7 @@ class TrainkitCLI(LightningCLI):
                 WorldRecord(self.datamodule.batch_size, check_lr_scaling(self.model.lr_scaling)),
                 RNGState(),
                 FitCurves(),
+                Throughput(),
             ]
             if self.es_cfg is not None:
                 callbacks.append(SmoothedEarlyStopping(self.es_cfg))
@@ -262,6 +264,7 @@ class TrainkitCLI(LightningCLI):
             {
                 "fit/best_checkpoint": Path(best).name if best else None,
                 "fit/epochs": self.trainer.current_epoch,
+                **throughput_record(self.trainer),
                 **report,
             },
         )

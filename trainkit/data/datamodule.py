@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from trainkit.data.augment import PIPELINE_SPLITS, AugmentedImages, build_pipeline, check_augment
 from trainkit.data.datasets import DATASETS, ArrayData
 from trainkit.data.loader import EpochSampler, ResumableLoader
+from trainkit.data.memory import MemoryLoader, batch_augment, check_loader, device_tensors
 from trainkit.data.mixing import BatchMixer
 from trainkit.errors import ConfigError
 from trainkit.optim.ramp import check_batch_ramp, ramped_batch_size
@@ -137,6 +138,9 @@ class DataModule(pl.LightningDataModule):
             them raw (for data already scaled; ``trainkit doctor`` warns when they are not).
         permute_labels: shuffle the labels across samples before splitting (a randomization
             test: a model that still fits the training split memorizes; nothing generalizes).
+        loader: ``dataloader`` (per-sample loading, any augmentation) or ``memory`` (the fast
+            path for data that fit in memory: splits kept as tensors on the training device,
+            batches sliced in the same order, batched flip and pad-crop; trainkit.data.memory).
     """
 
     def __init__(
@@ -161,8 +165,10 @@ class DataModule(pl.LightningDataModule):
         seed: int = 0,
         standardize: bool = True,
         permute_labels: bool = False,
+        loader: str = "dataloader",
     ):
         super().__init__()
+        self.loader = check_loader(loader)  # before `loader` below names the dataset's loader
         try:
             loader = DATASETS.get(dataset)
         except ConfigError as e:
@@ -209,6 +215,10 @@ class DataModule(pl.LightningDataModule):
         self.batch_ramp = check_batch_ramp(batch_ramp)
         self.folds, self.fold, self.whiten, self.seed = folds, fold, whiten, seed
         self.standardize, self.permute_labels = standardize, permute_labels
+        if self.loader == "memory" and self.augment["eval"] is not None:
+            raise ConfigError("data.loader: memory evaluates without augmentation; set eval: null", "data.augment.eval")
+        self.memory_augment: Any = None
+        self._on_device: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self.splits: dict[str, Dataset] = {}
         self.pipelines: dict[str, Any] = {}
         self.whitener: Any = None
@@ -255,6 +265,9 @@ class DataModule(pl.LightningDataModule):
             self.whitener = PCA(whiten=True, random_state=0).fit((arrays["train"][0] - self.mean) / self.std)
         h, w = data.x.shape[-2:]
         self.pipelines = {s: build_pipeline(self.augment[s], h, w, self.seed, f"data.augment.{s}") for s in PIPELINE_SPLITS}
+        if self.loader == "memory":
+            fill = torch.from_numpy((-self.mean / self.std).reshape(-1).astype(np.float32)) if data.is_image else None
+            self.memory_augment = batch_augment(self.pipelines["train"], h, w, fill)
         for split in SPLITS:
             self.splits[split] = self._dataset(split, *arrays[split], data.max_value)
         n_train = len(arrays["train"][1])
@@ -277,7 +290,7 @@ class DataModule(pl.LightningDataModule):
     def _dataset(self, split: str, x: np.ndarray, y: np.ndarray, max_value: float) -> Dataset:
         """Standardized tensors, or per-sample augmentation when the split has a pipeline."""
         pipeline = self.pipelines["train" if split == "train" else "eval"]
-        if pipeline is None:
+        if pipeline is None or self.loader == "memory":  # memory: batched ops on the device instead
             z = (x - self.mean) / self.std
             if self.whitener is not None:
                 z = self.whitener.transform(z.reshape(len(z), -1))
@@ -303,6 +316,8 @@ class DataModule(pl.LightningDataModule):
         return batch
 
     def _loader(self, split: str, shuffle: bool, batch_size: int | None = None) -> DataLoader:
+        if self.loader == "memory":
+            return self._memory_loader(split, shuffle, batch_size or self.batch_size)
         pin = self.pin_memory
         if pin is None:
             pin = bool(self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
@@ -315,6 +330,9 @@ class DataModule(pl.LightningDataModule):
         if not shuffle:
             # a private generator: evaluation loaders leave the global random stream untouched
             return DataLoader(self.splits[split], generator=torch.Generator().manual_seed(self.seed), **kwargs)
+        return ResumableLoader(self.splits[split], sampler=self._sampler(split), progress=self._batches_processed, **kwargs)
+
+    def _sampler(self, split: str) -> EpochSampler:
         # Seeded as Lightning's own injected sampler; Lightning calls set_epoch every epoch.
         if self.trainer is not None:
             world, rank = self.trainer.world_size, self.trainer.global_rank
@@ -323,8 +341,17 @@ class DataModule(pl.LightningDataModule):
         else:
             world, rank = 1, 0
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        sampler = EpochSampler(self.splits[split], num_replicas=world, rank=rank, seed=seed)
-        return ResumableLoader(self.splits[split], sampler=sampler, progress=self._batches_processed, **kwargs)
+        return EpochSampler(self.splits[split], num_replicas=world, rank=rank, seed=seed)
+
+    def _memory_loader(self, split: str, shuffle: bool, batch_size: int) -> MemoryLoader:
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        key = (split, str(device))
+        if key not in self._on_device:  # moved once per run, not per epoch
+            self._on_device[key] = device_tensors(self.splits[split], device)
+        x, y = self._on_device[key]
+        if not shuffle:
+            return MemoryLoader(x, y, batch_size)
+        return MemoryLoader(x, y, batch_size, self._sampler(split), self._batches_processed, self.memory_augment, self.seed)
 
     def train_batches(self, world_size: int) -> int:
         """Training batches per epoch on each of ``world_size`` ranks (the sampler pads the split
