@@ -142,3 +142,5 @@ def test_resume_on_another_world_size_reports_it_and_rescales_the_lr():
     after = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
     assert after["trainkit_world"]["world_size"] == 2 and after["epoch"] == 1
     assert lr(after) == pytest.approx(0.1 * 64 / 64), "the lr follows the new global batch"
+    # last.ckpt of the first run already knew best.ckpt (it was saved after it)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt", "previous.ckpt"]

@@ -81,6 +81,8 @@ def test_resume_auto_continues_the_run_and_its_wandb_run(isolated):
     assert last["global_step"] == 2 * steps_after_2 and steps_after_2 > 0
     assert json.loads((run_dir / "metrics.json").read_text())["fit/epochs"] == 4
     assert (run_dir / "config.yaml").read_text() == config_before, "a resume keeps the original recipe"
+    # the resumed run knew its best checkpoint: no best-v1.ckpt beside best.ckpt
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt", "previous.ckpt"]
     assert len(read_run(run_dir)["ids"]) == 1
 
 

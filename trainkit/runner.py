@@ -326,6 +326,11 @@ def run(argv: list[str]) -> StageResult:
     try:
         cli = TrainkitCLI(argv)
         assert cli.result is not None, "every stage sets a result"
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Lightning leaves the process group up; a gloo group torn down by interpreter exit
+            # has aborted a rank (SIGABRT) after a finished run
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
         return cli.result
     finally:
         finish_wandb()

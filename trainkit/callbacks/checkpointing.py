@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Checkpoint
 from typing_extensions import override
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,14 @@ def slurm_job_id(env: Mapping[str, str] = os.environ) -> str | None:
     return env.get("SLURM_JOB_ID")
 
 
-class LastCheckpoint(Callback):
+class LastCheckpoint(Checkpoint):
     """Save ``path`` at every training epoch end, every ``every_n_steps`` optimizer steps, and
     on ``signum`` (then requeue under SLURM and stop).
+
+    A ``Checkpoint`` subclass, so Lightning orders it with (after) the ModelCheckpoint that keeps
+    ``best.ckpt``: the epoch-end ``last.ckpt`` then holds that epoch's best-checkpoint state
+    (path and score); saved before it, a resumed run compared against a stale best and wrote
+    ``best-v1.ckpt`` beside ``best.ckpt``.
 
     Args:
         path: the run dir's ``checkpoints/last.ckpt``.
