@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from trainkit.errors import ConfigError
 from trainkit.secrets import find_secret
@@ -119,6 +119,16 @@ def torchrun_command(argv: Sequence[str], env: dict[str, str]) -> list[str]:
     return ["env", *(f"{k}={v}" for k, v in env.items()), "bash", str(template("torchrun.sh")), *argv]
 
 
+def add_sbatch_options(group: Any, job_name: str, script_default: str) -> None:
+    """The options :func:`sbatch_settings` reads, for every command that renders an sbatch script."""
+    group.add_argument("--job-name", default=job_name)
+    group.add_argument("--time", default="01:00:00")
+    group.add_argument("--partition", default=None)
+    group.add_argument("--cpus-per-task", type=int, default=4)
+    group.add_argument("--gpus-per-node", type=int, default=0)
+    group.add_argument("--script", default=None, help=f"where to write the sbatch script (default: {script_default})")
+
+
 def sbatch_settings(args: argparse.Namespace, specific: dict[str, str]) -> dict[str, str]:
     """``#SBATCH`` values from the common launch options plus ``specific`` ones, each checked to
     be a plain word, so nothing can break out of its directive line.
@@ -157,13 +167,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--rdzv-endpoint", default=None, help="host:port of the c10d rendezvous (default: master addr:port)")
     t.add_argument("--run-id", default=None, help="same on every node; names the run dir")
     t.add_argument("--max-restarts", type=int, default=0)
-    s = p.add_argument_group("slurm")
-    s.add_argument("--job-name", default="trainkit")
-    s.add_argument("--time", default="01:00:00")
-    s.add_argument("--partition", default=None)
-    s.add_argument("--cpus-per-task", type=int, default=4)
-    s.add_argument("--gpus-per-node", type=int, default=0)
-    s.add_argument("--script", default=None, help="where to write the sbatch script (default: a file beside the runs)")
+    add_sbatch_options(p.add_argument_group("slurm"), "trainkit", "a file beside the runs")
     return p
 
 

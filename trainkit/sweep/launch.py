@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from trainkit.errors import ConfigError
-from trainkit.launch import render_sbatch, sbatch_settings, template
+from trainkit.launch import add_sbatch_options, render_sbatch, sbatch_settings, template
 from trainkit.sweep.command import parser as sweep_parser
 from trainkit.sweep.command import resolve
 from trainkit.sweep.space import dump_space
@@ -26,12 +26,7 @@ def parser():
     p.description = "Render a SLURM array job: N tasks, each `trainkit sweep --study NAME --trials 1` on one storage."
     p.set_defaults(workers=None)
     s = p.add_argument_group("slurm (--workers K: at most K tasks at once)")
-    s.add_argument("--job-name", default="trainkit-sweep")
-    s.add_argument("--time", default="01:00:00")
-    s.add_argument("--partition", default=None)
-    s.add_argument("--cpus-per-task", type=int, default=4)
-    s.add_argument("--gpus-per-node", type=int, default=0)
-    s.add_argument("--script", default=None, help="where to write the sbatch script (default: in the sweep dir)")
+    add_sbatch_options(s, "trainkit-sweep", "in the sweep dir")
     s.add_argument("--dry-run", action="store_true", help="print the script; write and submit nothing")
     return p
 
