@@ -174,7 +174,7 @@ class TrainkitCLI(LightningCLI):
                 callbacks.append(SmoothedEarlyStopping(self.es_cfg))
         kwargs["callbacks"] = callbacks
         if SLURMEnvironment.detect() and not TorchElasticEnvironment.detect():
-            # trainkit's Preemption callback checkpoints and requeues instead of Lightning's handler
+            # trainkit's LastCheckpoint checkpoints and requeues on SIGUSR1 instead of Lightning's handler
             kwargs["plugins"] = [*(trainer_cfg.get("plugins") or []), SLURMEnvironment(auto_requeue=False)]
         if trainer_cfg.get("logger") is None:
             kwargs["logger"] = self._loggers()
