@@ -16,9 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 def metrics_worker(rank: int, world_size: int, port: int, data_file: str, out_file: str) -> None:
     """Each rank updates trainkit's metrics with its uneven shard; rank 0 writes the synced result."""
-    from torchmetrics import MeanMetric
-
-    from trainkit.metrics import make_metrics, scores
+    from trainkit.metrics import StageMetrics
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
@@ -26,14 +24,11 @@ def metrics_worker(rank: int, world_size: int, port: int, data_file: str, out_fi
         logits, target, losses = data["logits"], data["target"], data["losses"]
         cut = int(len(target) * 0.37)  # deliberately uneven shards
         shard = slice(0, cut) if rank == 0 else slice(cut, None)
-        metrics = make_metrics(logits.shape[1], "val")
-        loss = MeanMetric()
-        # several updates per rank, as over the batches of an epoch
-        for chunk in torch.arange(len(target))[shard].split(16):
-            metrics.update(scores(logits[chunk]), target[chunk])
-            loss.update(losses[chunk].mean(), weight=len(chunk))
+        metrics = StageMetrics(logits.shape[1], "val", chunk=40)
+        # several steps per rank, as over the batches of an epoch
+        for step in torch.arange(len(target))[shard].split(16):
+            metrics.update(logits[step], target[step], losses[step].mean())
         result = {k: float(v) for k, v in metrics.compute().items()}
-        result["val/loss"] = float(loss.compute())
         if rank == 0:
             Path(out_file).write_text(json.dumps(result))
     finally:

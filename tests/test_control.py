@@ -216,3 +216,12 @@ def test_bf16_mixed_precision_runs_the_forward_in_bf16_on_cpu():
     with cli.trainer.precision_plugin.forward_context():
         assert cli.model(x).dtype == torch.bfloat16
     assert cli.model(x).dtype == torch.float32
+
+
+def test_fit_without_validation_trains_and_records_its_epochs():
+    # trainer.limit_val_batches: 0 switches validation off: no val metrics, no best checkpoint,
+    # but the fit finishes (exit 0) with its epochs, throughput and last.ckpt
+    record = fit("noval", "--trainer.limit_val_batches=0", "--trainer.max_epochs=2")
+    assert record["fit/epochs"] == 2 and record["fit/best_checkpoint"] is None
+    assert record["perf/train_samples_per_s"] > 0 and not any(k.startswith("val/") for k in record)
+    assert Path("runs/digits_mlp/noval/checkpoints/last.ckpt").is_file()

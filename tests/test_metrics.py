@@ -9,9 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
-from torchmetrics import MeanMetric
-
-from trainkit.metrics import make_metrics, scores
+from trainkit.metrics import StageMetrics
 
 
 def free_port() -> int:
@@ -29,14 +27,18 @@ def fake_predictions(num_classes: int, n: int = 203, seed: int = 0) -> dict[str,
     return {"logits": logits, "target": target, "losses": losses}
 
 
-def single_process(data: dict[str, torch.Tensor]) -> dict[str, float]:
-    metrics = make_metrics(data["logits"].shape[1], "val")
-    metrics.update(scores(data["logits"]), data["target"])
-    out = {k: float(v) for k, v in metrics.compute().items()}
-    loss = MeanMetric()
-    loss.update(data["losses"].mean(), weight=len(data["target"]))
-    out["val/loss"] = float(loss.compute())
-    return out
+def single_process(data: dict[str, torch.Tensor], chunk: int = 50) -> dict[str, float]:
+    """trainkit's stage metrics fed batch by batch (16 samples a step), as an epoch does."""
+    metrics = StageMetrics(data["logits"].shape[1], "val", chunk=chunk)
+    for step in torch.arange(len(data["target"])).split(16):
+        metrics.update(data["logits"][step], data["target"][step], data["losses"][step].mean())
+    return {k: float(v) for k, v in metrics.compute().items()}
+
+
+def test_chunked_updates_equal_one_update_per_step():
+    data = fake_predictions(10)
+    # chunk 1: torchmetrics updated every step; 10**6: once, at compute
+    assert single_process(data, chunk=1) == pytest.approx(single_process(data, chunk=10**6), abs=1e-6)
 
 
 @pytest.mark.parametrize("num_classes", [2, 10])

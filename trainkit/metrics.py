@@ -1,13 +1,16 @@
 """torchmetrics collections, one per stage, logged as ``<stage>/<metric>``.
 
-Metrics accumulate state on every step and are computed (and, under DDP, synced across
+Metrics accumulate state over an epoch and are computed (and, under DDP, synced across
 ranks) once per epoch by torchmetrics, so per-step logging never waits on other ranks.
+:class:`StageMetrics` feeds them in chunks: a torchmetrics update of the five metrics costs
+~0.3 ms on a CPU, more than a small training step, so steps only keep their predictions.
 """
 
 from __future__ import annotations
 
 import torch
-from torchmetrics import MetricCollection
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import AUROC, Accuracy, F1Score, Precision, Recall
 
 STAGES = ("train", "val", "test")
@@ -45,3 +48,61 @@ def scores(logits: torch.Tensor) -> torch.Tensor:
     """What the metrics take: class probabilities, or the positive-class probability if binary."""
     probs = logits.detach().float().softmax(dim=-1)
     return probs[:, 1] if probs.shape[-1] == 2 else probs
+
+
+class StageMetrics(nn.Module):
+    """One stage's loss and metrics over an epoch, as ``{"<stage>/loss": ..., "<stage>/acc": ...}``.
+
+    :meth:`update` keeps the step's detached scores, targets and loss; the torchmetrics
+    objects are updated once per ``chunk`` samples and at :meth:`compute`, which syncs across
+    ranks (torchmetrics) and resets for the next epoch. The values equal per-step updates.
+
+    >>> m = StageMetrics(3, "val", chunk=2)
+    >>> logits = torch.eye(3)[[0, 1, 2, 1]] * 2  # predicts 0, 1, 2, 1
+    >>> target = torch.tensor([0, 1, 2, 2])
+    >>> for i in range(4):  # one sample per step, a mean loss of i
+    ...     m.update(logits[i : i + 1], target[i : i + 1], torch.tensor(float(i)))
+    >>> out = m.compute()
+    >>> float(out["val/acc"]), float(out["val/loss"]), sorted(out)
+    (0.75, 1.5, ['val/acc', 'val/auroc', 'val/f1', 'val/loss', 'val/precision', 'val/recall'])
+    """
+
+    def __init__(self, num_classes: int, stage: str, chunk: int = 4096):
+        super().__init__()
+        self.stage, self.chunk = stage, chunk
+        self.collection = make_metrics(num_classes, stage)
+        self.loss = MeanMetric()
+        self._pending: list[tuple[Tensor, Tensor, Tensor]] = []
+        self._count = 0
+        self._updated = False
+
+    def update(self, logits: Tensor, target: Tensor, loss: Tensor) -> None:
+        """Keep one step's predictions (``loss``: the step's mean loss)."""
+        self._pending.append((scores(logits), target.detach(), loss.detach().float()))
+        self._count += target.numel()
+        self._updated = True
+        if self._count >= self.chunk:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        preds, targets, losses = zip(*self._pending)
+        self.collection.update(torch.cat(preds), torch.cat(targets))
+        weights = torch.tensor([t.numel() for t in targets], dtype=torch.float32, device=losses[0].device)
+        self.loss.update(torch.stack(losses), weight=weights)
+        self._pending, self._count = [], 0
+
+    def compute(self) -> dict[str, Tensor]:
+        """The epoch's values, synced across ranks; empty if this rank saw no step. Resets."""
+        if not self._updated:
+            return {}
+        self._flush()
+        out = {f"{self.stage}/loss": self.loss.compute(), **self.collection.compute()}
+        self.reset()
+        return out
+
+    def reset(self) -> None:
+        self.collection.reset()
+        self.loss.reset()
+        self._pending, self._count, self._updated = [], 0, False

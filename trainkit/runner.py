@@ -255,9 +255,9 @@ class TrainkitCLI(LightningCLI):
         # before validate(): loading best.ckpt there restores the callbacks' states of that epoch
         report = fit_report(self.trainer, best, datamodule.num_classes)
         # fit reports the validation metrics of the checkpoint it calls best, not the last epoch
-        metrics = self.trainer.validate(
+        metrics = first(self.trainer.validate(
             model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
-        )[0]
+        ))
         self._finish(
             "fit",
             metrics,
@@ -272,12 +272,12 @@ class TrainkitCLI(LightningCLI):
     def validate(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
         if self.ensemble:
             return self._finish("validate", *run_ensemble(self, "val"))
-        self._finish("validate", self.trainer.validate(model, datamodule=datamodule, **{**kwargs, "verbose": False})[0])
+        self._finish("validate", first(self.trainer.validate(model, datamodule=datamodule, **{**kwargs, "verbose": False})))
 
     def test(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
         if self.ensemble:
             return self._finish("test", *run_ensemble(self, "test"))
-        metrics = self.trainer.test(model, datamodule=datamodule, **{**kwargs, "verbose": False})[0]
+        metrics = first(self.trainer.test(model, datamodule=datamodule, **{**kwargs, "verbose": False}))
         plots = evaluation_plots(self.trainer, model, datamodule, self.run_dir.path)
         self._finish("test", metrics, {"test/checkpoint": str(kwargs.get("ckpt_path")), **plots})
 
@@ -341,3 +341,8 @@ def finish_wandb() -> None:
 
     if wandb.run is not None:
         wandb.finish()
+
+
+def first(results: list[dict[str, float]]) -> dict[str, float]:
+    """The metrics of a validate/test call: none when its batches are limited to 0."""
+    return results[0] if results else {}

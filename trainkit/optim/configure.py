@@ -144,6 +144,8 @@ def configure(
             linear = LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup)
             schedulers.insert(0, {"scheduler": linear, "interval": "step"})
         return [optimizer], schedulers
+    if spec["name"] == "constant" and not warmup:
+        return optimizer  # a scheduler stepping a constant factor costs time every step
     unit = 1 if spec["unit"] == "step" else per_epoch
     factory = SCHEDULES.get(spec["name"])
     if "total" in inspect.signature(factory).parameters and "total" not in args:
