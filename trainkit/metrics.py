@@ -4,6 +4,9 @@ Metrics accumulate state over an epoch and are computed (and, under DDP, synced 
 ranks) once per epoch by torchmetrics, so per-step logging never waits on other ranks.
 :class:`StageMetrics` feeds them in chunks: a torchmetrics update of the five metrics costs
 ~0.3 ms on a CPU, more than a small training step, so steps only keep their predictions.
+The exact AUROC keeps every score of the epoch (and all-gathers them under DDP); with
+``auroc_thresholds`` it keeps a confusion matrix per threshold instead, whatever the
+number of samples.
 """
 
 from __future__ import annotations
@@ -13,20 +16,48 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import AUROC, Accuracy, F1Score, Precision, Recall
 
+from trainkit.errors import ConfigError
+
 STAGES = ("train", "val", "test")
 METRIC_NAMES = ("loss", "acc", "precision", "recall", "f1", "auroc")  # logged as <stage>/<name>
 
 
-def make_metrics(num_classes: int, stage: str) -> MetricCollection:
+def check_auroc_thresholds(value: int | None) -> int | None:
+    """Validate ``model.auroc_thresholds``: ``None`` (exact AUROC) or an integer >= 2.
+
+    Raises:
+        ConfigError: anything else, naming the key, the value and what is valid.
+    """
+    # bool is an int to Python, but `true` thresholds is a slip, not a count
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 2):
+        return value
+    raise ConfigError(f"must be null (exact AUROC) or an integer >= 2 (the number of evenly spaced "
+                      f"thresholds in [0, 1] of the binned AUROC), got {value!r}", "model.auroc_thresholds")
+
+
+def make_metrics(num_classes: int, stage: str, auroc_thresholds: int | None = None) -> MetricCollection:
     """The metrics of one stage: ``acc``, ``precision``, ``recall``, ``f1``, ``auroc``.
 
     Binary problems (``num_classes == 2``) use the positive class (index 1); multiclass
     problems use macro averages, and one-vs-rest AUROC. Feed it with :func:`scores`.
 
+    Args:
+        num_classes: number of classes (2: binary).
+        stage: the name prefix, ``train``, ``val`` or ``test``.
+        auroc_thresholds: ``None``: exact AUROC, whose state holds every score seen; ``N``:
+            binned AUROC over ``N`` evenly spaced thresholds in [0, 1], whose state is a
+            fixed ``N x 2 x 2`` confusion matrix (per class if multiclass).
+
+    Raises:
+        ConfigError: ``auroc_thresholds`` neither ``None`` nor an integer >= 2.
+
     >>> m = make_metrics(3, "val")
     >>> sorted(m.keys())
     ['val/acc', 'val/auroc', 'val/f1', 'val/precision', 'val/recall']
+    >>> make_metrics(3, "val", auroc_thresholds=100)["auroc"].confmat.shape
+    torch.Size([100, 3, 2, 2])
     """
+    check_auroc_thresholds(auroc_thresholds)
     if num_classes == 2:
         kw: dict = {"task": "binary"}
     else:
@@ -38,7 +69,7 @@ def make_metrics(num_classes: int, stage: str) -> MetricCollection:
             "precision": Precision(**kw),
             "recall": Recall(**kw),
             "f1": F1Score(**kw),
-            "auroc": AUROC(**kw),
+            "auroc": AUROC(**kw, thresholds=auroc_thresholds),
         },
         prefix=f"{stage}/",
     )
@@ -56,6 +87,7 @@ class StageMetrics(nn.Module):
     :meth:`update` keeps the step's detached scores, targets and loss; the torchmetrics
     objects are updated once per ``chunk`` samples and at :meth:`compute`, which syncs across
     ranks (torchmetrics) and resets for the next epoch. The values equal per-step updates.
+    ``auroc_thresholds``: as in :func:`make_metrics`.
 
     >>> m = StageMetrics(3, "val", chunk=2)
     >>> logits = torch.eye(3)[[0, 1, 2, 1]] * 2  # predicts 0, 1, 2, 1
@@ -67,10 +99,10 @@ class StageMetrics(nn.Module):
     (0.75, 1.5, ['val/acc', 'val/auroc', 'val/f1', 'val/loss', 'val/precision', 'val/recall'])
     """
 
-    def __init__(self, num_classes: int, stage: str, chunk: int = 4096):
+    def __init__(self, num_classes: int, stage: str, chunk: int = 4096, auroc_thresholds: int | None = None):
         super().__init__()
         self.stage, self.chunk = stage, chunk
-        self.collection = make_metrics(num_classes, stage)
+        self.collection = make_metrics(num_classes, stage, auroc_thresholds)
         self.loss = MeanMetric()
         self._pending: list[tuple[Tensor, Tensor, Tensor]] = []
         self._count = 0
