@@ -51,8 +51,8 @@ def member_probs(model: torch.nn.Module, checkpoint: Path, loader: Iterable[Any]
     return torch.cat(probs), torch.cat(targets)
 
 
-def _metrics(probs: Tensor, y: Tensor, num_classes: int, prefix: str) -> dict[str, float]:
-    metrics = make_metrics(num_classes, prefix)
+def _metrics(probs: Tensor, y: Tensor, num_classes: int, prefix: str, auroc_thresholds: int | None) -> dict[str, float]:
+    metrics = make_metrics(num_classes, prefix, auroc_thresholds)
     # the logits' softmax is probs again, so log-probs feed the shared scores() and the loss
     logp = probs.clamp_min(1e-12).log()
     out = {k: float(v) for k, v in metrics(scores(logp), y).items()}
@@ -61,8 +61,11 @@ def _metrics(probs: Tensor, y: Tensor, num_classes: int, prefix: str) -> dict[st
 
 
 def ensemble_metrics(model: torch.nn.Module, checkpoints: list[Path], loader: Iterable[Any], stage: str,
-                     num_classes: int, device: torch.device | str = "cpu") -> dict[str, float]:
+                     num_classes: int, device: torch.device | str = "cpu",
+                     auroc_thresholds: int | None = None) -> dict[str, float]:
     """Metrics of the mean-softmax ensemble of ``checkpoints`` and of each member.
+
+    ``auroc_thresholds`` is the model's: exact AUROC (``None``) or binned, as in training.
 
     Raises:
         ConfigError: no checkpoints (the run was not trained with cosine_restarts).
@@ -74,10 +77,10 @@ def ensemble_metrics(model: torch.nn.Module, checkpoints: list[Path], loader: It
     total = None
     for path in checkpoints:
         probs, y = member_probs(model, path, loader, torch.device(device))
-        out.update(_metrics(probs, y, num_classes, f"{stage}/{path.stem}"))
+        out.update(_metrics(probs, y, num_classes, f"{stage}/{path.stem}", auroc_thresholds))
         total = probs if total is None else total + probs
     assert total is not None
-    out.update(_metrics(total / len(checkpoints), y, num_classes, stage))
+    out.update(_metrics(total / len(checkpoints), y, num_classes, stage, auroc_thresholds))
     return out
 
 
@@ -88,6 +91,7 @@ def run_ensemble(cli: Any, stage: str) -> tuple[dict[str, float], dict[str, Any]
     paths = snapshot_paths(cli.run_dir.checkpoints)
     dm = cli.datamodule
     loader = dm.test_dataloader() if stage == "test" else dm.val_dataloader()
-    metrics = ensemble_metrics(cli.model, paths, loader, stage, cli.model.hparams.num_classes,
-                               cli.trainer.strategy.root_device)
+    hp = cli.model.hparams
+    metrics = ensemble_metrics(cli.model, paths, loader, stage, hp.num_classes, cli.trainer.strategy.root_device,
+                               hp.auroc_thresholds)
     return metrics, {f"{stage}/ensemble": ", ".join(p.name for p in paths)}

@@ -15,7 +15,7 @@ from torch import nn
 
 from trainkit.errors import ConfigError
 from trainkit.extras import extra_callbacks, optimizer_options, setup_extras
-from trainkit.metrics import STAGES, StageMetrics
+from trainkit.metrics import STAGES, StageMetrics, check_auroc_thresholds
 from trainkit.nn.craft import build_net, setup_net
 from trainkit.nn.prune import attach_masks
 from trainkit.nn.regularize import check_regularization, make_optimizer, penalty
@@ -56,6 +56,10 @@ class Classifier(pl.LightningModule):
             ``{start_epoch}``.
         prune: magnitude pruning ``{sparsity, scope, epochs}`` (:mod:`trainkit.nn.prune`; the
             lottery ticket: ``trainkit lottery``, with ``rounds`` and ``rewind_epoch``).
+        auroc_thresholds: ``null``: exact AUROC, whose state keeps every score of the epoch;
+            ``N`` (an integer >= 2): binned AUROC over ``N`` evenly spaced thresholds in
+            [0, 1], whose state does not grow with the number of samples (large evaluation
+            sets, DDP); see :func:`trainkit.metrics.make_metrics`.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class Classifier(pl.LightningModule):
         ema: dict[str, Any] | None = None,
         swa: dict[str, Any] | None = None,
         prune: dict[str, Any] | None = None,
+        auroc_thresholds: int | None = None,
     ):
         super().__init__()
         # hparams go into checkpoints; the W&B config gets the whole recipe from the CLI instead
@@ -92,10 +97,13 @@ class Classifier(pl.LightningModule):
             raise ConfigError(f"must be in [0, 1), got {label_smoothing}", "model.label_smoothing")
         check_schedule(schedule)
         check_lr_scaling(lr_scaling)
+        check_auroc_thresholds(auroc_thresholds)
         self.schedule_spec, self.lr_scaling = schedule, lr_scaling
         self.net = build_net(arch, num_classes, input_shape, activation, arch_args, norm, dropout, init)
         # keyed "<stage>_": a ModuleDict key "train" would clash with nn.Module.train
-        self.metrics = nn.ModuleDict({f"{s}_": StageMetrics(num_classes, s) for s in STAGES})
+        self.metrics = nn.ModuleDict(
+            {f"{s}_": StageMetrics(num_classes, s, auroc_thresholds=auroc_thresholds) for s in STAGES}
+        )
         setup_extras(self)
 
     def setup(self, stage: str) -> None:
