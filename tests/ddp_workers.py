@@ -14,7 +14,8 @@ from lightning.pytorch import Callback
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
-def metrics_worker(rank: int, world_size: int, port: int, data_file: str, out_file: str) -> None:
+def metrics_worker(rank: int, world_size: int, port: int, data_file: str, out_file: str,
+                   auroc_thresholds: int | None = None) -> None:
     """Each rank updates trainkit's metrics with its uneven shard; rank 0 writes the synced result."""
     from trainkit.metrics import StageMetrics
 
@@ -24,7 +25,7 @@ def metrics_worker(rank: int, world_size: int, port: int, data_file: str, out_fi
         logits, target, losses = data["logits"], data["target"], data["losses"]
         cut = int(len(target) * 0.37)  # deliberately uneven shards
         shard = slice(0, cut) if rank == 0 else slice(cut, None)
-        metrics = StageMetrics(logits.shape[1], "val", chunk=40)
+        metrics = StageMetrics(logits.shape[1], "val", chunk=40, auroc_thresholds=auroc_thresholds)
         # several steps per rank, as over the batches of an epoch
         for step in torch.arange(len(target))[shard].split(16):
             metrics.update(logits[step], target[step], losses[step].mean())

@@ -33,9 +33,10 @@ def fake_predictions(num_classes: int, n: int = 203, seed: int = 0) -> dict[str,
     return {"logits": logits, "target": target, "losses": losses}
 
 
-def single_process(data: dict[str, torch.Tensor], chunk: int = 50) -> dict[str, float]:
+def single_process(data: dict[str, torch.Tensor], chunk: int = 50,
+                   auroc_thresholds: int | None = None) -> dict[str, float]:
     """trainkit's stage metrics fed batch by batch (16 samples a step), as an epoch does."""
-    metrics = StageMetrics(data["logits"].shape[1], "val", chunk=chunk)
+    metrics = StageMetrics(data["logits"].shape[1], "val", chunk=chunk, auroc_thresholds=auroc_thresholds)
     for step in torch.arange(len(data["target"])).split(16):
         metrics.update(data["logits"][step], data["target"][step], data["losses"][step].mean())
     return {k: float(v) for k, v in metrics.compute().items()}
@@ -63,16 +64,17 @@ def test_metrics_match_sklearn(num_classes):
     assert got["val/loss"] == pytest.approx(float(data["losses"].mean()), abs=1e-6)
 
 
-@pytest.mark.parametrize("num_classes", [2, 10])
-def test_two_process_gloo_metrics_equal_single_process(num_classes, tmp_path):
+@pytest.mark.parametrize("num_classes, auroc_thresholds", [(2, None), (10, None), (10, 100)])
+def test_two_process_gloo_metrics_equal_single_process(num_classes, auroc_thresholds, tmp_path):
     from ddp_workers import metrics_worker
 
     data = fake_predictions(num_classes)
     torch.save(data, tmp_path / "data.pt")
     out = tmp_path / "ddp.json"
-    mp.spawn(metrics_worker, args=(2, free_port(), str(tmp_path / "data.pt"), str(out)), nprocs=2, join=True)
+    args = (2, free_port(), str(tmp_path / "data.pt"), str(out), auroc_thresholds)
+    mp.spawn(metrics_worker, args=args, nprocs=2, join=True)
     ddp = json.loads(out.read_text())
-    single = single_process(data)
+    single = single_process(data, auroc_thresholds=auroc_thresholds)
     assert ddp.keys() == single.keys()
     for key in single:
         assert ddp[key] == pytest.approx(single[key], abs=1e-6), key
@@ -151,6 +153,6 @@ def test_fit_with_binned_auroc_writes_val_auroc_close_to_exact():
     assert main([*args, "--run.name=exact"]) == 0
     assert main([*args, "--run.name=binned", "--model.auroc_thresholds=100"]) == 0
     runs = Path("runs/digits_mlp")
-    exact, binned = (json.loads((runs / name / "metrics.json").read_text())["val/auroc"] for name in ("exact", "binned"))
+    exact, binned = (json.loads((runs / n / "metrics.json").read_text())["val/auroc"] for n in ("exact", "binned"))
     assert 0.5 < exact < 1.0
     assert binned == pytest.approx(exact, abs=0.02), (binned, exact)
