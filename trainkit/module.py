@@ -57,9 +57,9 @@ class Classifier(pl.LightningModule):
         prune: magnitude pruning ``{sparsity, scope, epochs}`` (:mod:`trainkit.nn.prune`; the
             lottery ticket: ``trainkit lottery``, with ``rounds`` and ``rewind_epoch``).
         auroc_thresholds: ``null``: exact AUROC, whose state keeps every score of the epoch;
-            ``N`` (an integer >= 2): binned AUROC over ``N`` evenly spaced thresholds in
-            [0, 1], whose state does not grow with the number of samples (large evaluation
-            sets, DDP); see :func:`trainkit.metrics.make_metrics`.
+            ``N`` (an integer >= 2): binned AUROC over ``N`` thresholds spaced evenly in
+            log-odds, whose state does not grow with the number of samples (large evaluation
+            sets, DDP); see :func:`trainkit.metrics.auroc_grid`.
     """
 
     def __init__(
