@@ -6,7 +6,7 @@ Needs a CUDA device; without one it prints why and exits 0 (it is never part of 
 timed over ``--steps`` after 5 warm-up steps, in images/s:
   - hand loop fp32, default layout (the baseline of the channels_last + bf16 goal);
   - hand loop bf16 autocast + channels_last + fused SGD (+ torch.compile with --compile);
-  - trainkit with ``trainer.precision: bf16-mixed``, ``data.loader: memory`` (the batches
+  - trainkit with ``trainer.precision: bf16-mixed``, ``model.channels_last: true``, ``data.loader: memory`` (the batches
     already on the device), measured by its ``perf/train_samples_per_s``.
 torchvision is not required: the network is a bottleneck ResNet-50 layout written here.
 """
@@ -85,7 +85,7 @@ def trainkit(steps: int, batch: int) -> float:
     cli = TrainkitCLI([
         "fit", "--model.arch=bench_resnet50", "--model.arch_args={}", "--data.dataset=synthetic",
         f"--data.dataset_args={{shape: [3, 224, 224], num_classes: 1000, size: {size}}}", f"--data.batch_size={batch}",
-        "--data.loader=memory", "--trainer.precision=bf16-mixed", "--trainer.max_epochs=2", "--trainer.logger=false",
+        "--data.loader=memory", "--trainer.precision=bf16-mixed", "--model.channels_last=true", "--trainer.max_epochs=2", "--trainer.logger=false",
         "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=2", "--diagnostics.monitors=false"])
     return json.loads((cli.run_dir.path / "metrics.json").read_text())["perf/train_samples_per_s"]
 

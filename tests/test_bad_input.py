@@ -35,6 +35,8 @@ CASES = [
      ["model.auroc_thresholds", "got -5", "integer >= 2"]),
     ("auroc-thresholds-not-int", ["fit", "--config", R, "--model.auroc_thresholds=2.5"], None,
      ["model.auroc_thresholds", "2.5", "int"]),
+    ("channels-last-on-a-table", ["fit", "--config", R, "--data.dataset=breast_cancer", "--model.channels_last=true"], None,
+     ["model.channels_last", "image inputs", "(30,)"]),
     ("unknown-dataset", ["fit", "--config", R, "--data.dataset=digit"], None, ["data.dataset", "'digits'", "breast_cancer"]),
     ("bad-fraction", ["fit", "--config", R, "--data.val_fraction=1.5"], None, ["data.val_fraction", "1.5"]),
     ("batch-larger-than-split", ["fit", "--config", R, "--data.batch_size=5000"], None, ["data.batch_size", "5000"]),

@@ -60,6 +60,9 @@ class Classifier(pl.LightningModule):
             ``N`` (an integer >= 2): binned AUROC over ``N`` thresholds spaced evenly in
             log-odds, whose state does not grow with the number of samples (large evaluation
             sets, DDP); see :func:`trainkit.metrics.auroc_grid`.
+        channels_last: keep conv weights and image batches in channels_last memory order
+            (NHWC): faster convolutions on GPUs with tensor cores, above all with
+            ``trainer.precision: bf16-mixed``; image inputs only.
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class Classifier(pl.LightningModule):
         swa: dict[str, Any] | None = None,
         prune: dict[str, Any] | None = None,
         auroc_thresholds: int | None = None,
+        channels_last: bool = False,
     ):
         super().__init__()
         # hparams go into checkpoints; the W&B config gets the whole recipe from the CLI instead
@@ -98,6 +102,9 @@ class Classifier(pl.LightningModule):
         check_schedule(schedule)
         check_lr_scaling(lr_scaling)
         check_auroc_thresholds(auroc_thresholds)
+        if channels_last and len(input_shape) != 3:
+            raise ConfigError(f"is for image inputs (C, H, W); this data has inputs of shape {tuple(input_shape)}", "model.channels_last")
+        self.channels_last = channels_last
         self.schedule_spec, self.lr_scaling = schedule, lr_scaling
         self.net = build_net(arch, num_classes, input_shape, activation, arch_args, norm, dropout, init)
         # keyed "<stage>_": a ModuleDict key "train" would clash with nn.Module.train
@@ -108,8 +115,12 @@ class Classifier(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.net = setup_net(self.net, self.trainer, stage, self.hparams.init, self.hparams.sync_batchnorm)
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)  # a no-op once it is
         return self.net(x)
 
     def model_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
