@@ -6,8 +6,9 @@ Needs a CUDA device; without one it prints why and exits 0 (it is never part of 
 timed over ``--steps`` after 5 warm-up steps, in images/s:
   - hand loop fp32, default layout (the baseline of the channels_last + bf16 goal);
   - hand loop bf16 autocast + channels_last + fused SGD (+ torch.compile with --compile);
-  - trainkit with ``trainer.precision: bf16-mixed``, ``model.channels_last: true``, ``data.loader: memory`` (the batches
-    already on the device), measured by its ``perf/train_samples_per_s``.
+  - trainkit with ``trainer.precision: bf16-mixed``, ``model.channels_last: true``,
+    ``data.loader: memory`` (the batches already on the device), measured by its
+    ``perf/train_samples_per_s``.
 torchvision is not required: the network is a bottleneck ResNet-50 layout written here.
 """
 
