@@ -102,7 +102,7 @@ def scores(logits: torch.Tensor) -> torch.Tensor:
 class StageMetrics(nn.Module):
     """One stage's loss and metrics over an epoch, as ``{"<stage>/loss": ..., "<stage>/acc": ...}``.
 
-    :meth:`update` keeps the step's detached scores, targets and loss; the torchmetrics
+    :meth:`update` keeps the step's detached logits, targets and loss; the torchmetrics
     objects are updated once per ``chunk`` samples and at :meth:`compute`, which syncs across
     ranks (torchmetrics) and resets for the next epoch. The values equal per-step updates.
     ``auroc_thresholds``: as in :func:`make_metrics`.
@@ -128,7 +128,7 @@ class StageMetrics(nn.Module):
 
     def update(self, logits: Tensor, target: Tensor, loss: Tensor) -> None:
         """Keep one step's predictions (``loss``: the step's mean loss)."""
-        self._pending.append((scores(logits), target.detach(), loss.detach().float()))
+        self._pending.append((logits.detach(), target, loss.detach().float()))
         self._count += target.numel()
         self._updated = True
         if self._count >= self.chunk:
@@ -137,8 +137,8 @@ class StageMetrics(nn.Module):
     def _flush(self) -> None:
         if not self._pending:
             return
-        preds, targets, losses = zip(*self._pending)
-        self.collection.update(torch.cat(preds), torch.cat(targets))
+        logits, targets, losses = zip(*self._pending)
+        self.collection.update(scores(torch.cat(logits)), torch.cat(targets))
         weights = torch.tensor([t.numel() for t in targets], dtype=torch.float32, device=losses[0].device)
         self.loss.update(torch.stack(losses), weight=weights)
         self._pending, self._count = [], 0
