@@ -11,7 +11,9 @@ SIGUSR1 is SLURM's warning before a time limit (``#SBATCH --signal=USR1@90``) or
 (``scancel --signal=USR1``), sent to every task. Each rank only sets a flag in the handler; at
 the next batch boundary the ranks agree (any rank flagged), save ``last.ckpt`` mid-epoch (the
 train loader's position is in it, see ``trainkit.data.loader``), global rank zero asks SLURM to
-requeue the job, and training stops. The requeued job runs the same command with the same
+requeue the job, and training stops. The ranks agree without stalling a step: each step
+all-reduces the flags asynchronously and reads the previous step's result (:class:`AnyRank`), so
+the save comes one step after the signal. The requeued job runs the same command with the same
 job id, so ``resume: auto`` finds the run dir and continues with the batches not yet seen.
 Lightning's own SLURM auto-requeue is switched off instead: it saves ``hpc_ckpt_N`` from
 inside the signal handler (reported to hang or corrupt, Lightning issue 21406) and its
@@ -28,6 +30,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Checkpoint
 from typing_extensions import override
 
@@ -43,6 +47,47 @@ def slurm_job_id(env: Mapping[str, str] = os.environ) -> str | None:
     if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
         return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
     return env.get("SLURM_JOB_ID")
+
+
+class AnyRank:
+    """Whether any rank raised a flag, decided alike on every rank, one call late.
+
+    Each call starts an all-reduce of this rank's flag on a CPU (gloo) group of its own and
+    returns the previous call's result, so the collective runs during the step in between.
+    A blocking reduction (Lightning's ``reduce_boolean_decision``) costs a round trip on every
+    step, and under NCCL a device sync as well: on 2 gloo processes of a small model it was a
+    large part of the step. One process: the flag itself, at once.
+    """
+
+    def __init__(self) -> None:
+        self._group: Any = None
+        self._work: Any = None
+        self._flag = torch.zeros(1)
+
+    def start(self) -> None:
+        """Create the group: every rank calls it, at the same point (a collective)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            self._group = dist.new_group(backend="gloo")
+
+    def __call__(self, flag: bool) -> bool:
+        if self._group is None:
+            return flag
+        decided = False
+        if self._work is not None:
+            self._work.wait()
+            decided = bool(self._flag.item())
+        self._flag = torch.tensor([int(flag)])
+        self._work = dist.all_reduce(self._flag, group=self._group, async_op=True)
+        return decided
+
+    def stop(self) -> None:
+        """Finish the reduction in flight and free the group (every rank)."""
+        if self._work is not None:
+            self._work.wait()
+            self._work = None
+        if self._group is not None:
+            dist.destroy_process_group(self._group)
+            self._group = None
 
 
 class LastCheckpoint(Checkpoint):
@@ -70,6 +115,7 @@ class LastCheckpoint(Checkpoint):
         self.preempted = False
         self._saved_at = -1
         self._previous_handler: Any = None
+        self._any_rank = AnyRank()
 
     def save(self, trainer: pl.Trainer) -> None:
         """Save now (all ranks call it; rank zero writes). The checkpoint it replaces is kept
@@ -87,11 +133,12 @@ class LastCheckpoint(Checkpoint):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._previous_handler = signal.signal(self.signum, self._handle)
+        self._any_rank.start()
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         # every rank must take the same decision at the same step, or the collective save hangs
-        if trainer.strategy.reduce_boolean_decision(self.received, all=False):
+        if self._any_rank(self.received):
             self._preempt(trainer)
             return
         n = self.every_n_steps
@@ -117,5 +164,6 @@ class LastCheckpoint(Checkpoint):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._any_rank.stop()
         if self._previous_handler is not None:
             signal.signal(self.signum, self._previous_handler)
