@@ -98,6 +98,9 @@ def hand_worker(rank: int, world: int, port: int, net: torch.nn.Module, x: torch
     if rank == 0:
         torch.save({"samples_per_s": seen / seconds, "net": net.state_dict()}, out)
     if world > 1:
+        # both ranks leave together: once seen here, rank 0 waited forever in the teardown
+        # after rank 1 had already exited
+        dist.barrier()
         dist.destroy_process_group()
 
 
