@@ -1,5 +1,8 @@
 """Per-step overhead: trainkit vs a hand-written PyTorch loop vs plain Lightning, side by side.
 
+Plus "Lightning floor": a bare LightningModule fed tensor slices (no DataLoader), without
+logging or callbacks, i.e. what Lightning's own loop costs before any tool adds to it.
+
     PYTHONPATH=$PWD python benchmarks/overhead.py [--reps 3] [--workloads digits resnet20]
 
 Workloads (CPU, ``--threads`` torch threads): (a) the digits MLP of recipes/digits_mlp.yaml (small, overhead-bound), with
@@ -81,8 +84,12 @@ def hand(workload: str, epochs: int) -> tuple[float, float]:
     return seen / seconds, probe_loss(net, x, y)
 
 
-def plain_lightning(workload: str, epochs: int) -> tuple[float, float]:
-    """Lightning as a user writes it: a DataLoader over a TensorDataset, ``self.log`` each step."""
+def plain_lightning(workload: str, epochs: int, floor: bool = False) -> tuple[float, float]:
+    """Lightning as a user writes it: a DataLoader over a TensorDataset, ``self.log`` each step.
+
+    ``floor``: the least any tool built on Lightning's loop can cost: no ``self.log``, no
+    callbacks but the meter, tensor slices in the same order instead of a DataLoader.
+    """
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader
 
@@ -100,14 +107,33 @@ def plain_lightning(workload: str, epochs: int) -> tuple[float, float]:
         def training_step(self, batch, i):
             x, y = batch
             loss = F.cross_entropy(self.net(x), y)
-            self.log("train/loss", loss, on_step=True)
+            if not floor:
+                self.log("train/loss", loss, on_step=True)
             return loss
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
+    class Sliced:
+        """Tensor slices in the sampler's order (Lightning calls
+        ``set_epoch`` on a loader's ``sampler``, as on a DataLoader's)."""
+
+        def __init__(self, sampler: EpochSampler, b: int):
+            self.sampler, self.batch_sampler, self.b = sampler, None, b
+
+        def __len__(self) -> int:
+            return -(-len(self.sampler) // self.b)
+
+        def __iter__(self):
+            order, (x, y) = torch.tensor(list(self.sampler)), ds.tensors
+            for k in range(0, len(order), self.b):  # sliced per step, as the hand loop does
+                idx = order[k : k + self.b]
+                yield x[idx], y[idx]
+
     model, meter = Plain(copy.deepcopy(cli.model)), Throughput()
-    loader = DataLoader(ds, batch_size=cli.datamodule.batch_size, sampler=EpochSampler(ds, 1, 0, seed=int(os.environ.get("PL_GLOBAL_SEED", 0))))
+    sampler = EpochSampler(ds, 1, 0, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+    b = cli.datamodule.batch_size
+    loader = Sliced(sampler, b) if floor else DataLoader(ds, batch_size=b, sampler=sampler)
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, callbacks=[meter], accelerator="cpu", devices=1)
     trainer.fit(model, loader)
@@ -141,6 +167,7 @@ def main() -> None:
         arms = {
             "hand loop": lambda r: hand(workload, epochs),
             "plain Lightning": lambda r: plain_lightning(workload, epochs),
+            "Lightning floor": lambda r: plain_lightning(workload, epochs, floor=True),
             "trainkit (memory)": lambda r: trainkit(workload, epochs, "memory", f"{workload}-m{r}"),
             "trainkit (dataloader)": lambda r: trainkit(workload, epochs, "dataloader", f"{workload}-d{r}"),
         }
