@@ -7,6 +7,10 @@ Arms, each a fresh set of CPU processes with 1 torch thread each (``OMP_NUM_THRE
   ``torch.multiprocessing.spawn``: ``init_process_group("gloo")``, ``DistributedDataParallel``,
   each rank slicing its tensors by its shard of trainkit's EpochSampler. With 1 process there is
   no process group and no DDP wrapper, as in trainkit (Lightning's single-device strategy).
+- Lightning floor, 1 and 2 processes: a bare LightningModule (no logging, no callbacks but the
+  throughput meter) under Lightning's own DDP strategy, fed the same tensor slices: what
+  Lightning's loop costs before any tool adds to it (e.g. its blocking per-step broadcast of a
+  SIGTERM flag under DDP).
 - trainkit, 1 and 2 processes: ``launch/torchrun.sh`` with ``NPROC=1|2`` (what ``trainkit launch
   --torchrun`` runs, and how tests/test_distributed.py trains on 2 gloo processes), with
   ``data.loader: memory``.
@@ -46,7 +50,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 # overhead.py sits beside this script (sys.path[0]): the same workloads, model build and probe
-from overhead import ROOT, built, probe_loss, trainkit_args
+from overhead import ROOT, Sliced, built, probe_loss, trainkit_args
 
 # digits: more than overhead.py's 6, as 2 processes take 10 steps an epoch
 EPOCHS = {"digits": 20, "resnet20": 3}
@@ -104,6 +108,47 @@ def hand_worker(rank: int, world: int, port: int, net: torch.nn.Module, x: torch
         dist.destroy_process_group()
 
 
+def lightning_worker(rank: int, world: int, port: int, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     batch: int, seed: int, epochs: int, out: str) -> None:
+    """One rank of Lightning's floor: a bare LightningModule (no logging, no callbacks but the
+    meter) under Lightning's own DDP strategy, fed tensor slices of the rank's shard."""
+    import lightning.pytorch as pl
+    from torch.utils.data import TensorDataset
+
+    from trainkit.callbacks.throughput import Throughput
+    from trainkit.data.loader import EpochSampler
+    from trainkit.nn.syncbn import convert_cpu_sync_batchnorm
+
+    torch.set_num_threads(1)
+    net = copy.deepcopy(net)  # a private copy, as in hand_worker
+    # the variables torchrun would set: Lightning then joins this process instead of spawning
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank), NODE_RANK="0")
+
+    class Bare(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = convert_cpu_sync_batchnorm(net) if world > 1 else net
+
+        def training_step(self, b, i):
+            return F.cross_entropy(self.net(b[0]), b[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=LR, momentum=MOMENTUM)
+
+    meter = Throughput()
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=world, strategy="ddp" if world > 1 else "auto",
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, callbacks=[meter])
+    module = Bare()
+    trainer.fit(module, Sliced(x, y, EpochSampler(TensorDataset(x, y), world, rank, seed=seed), batch))
+    if rank == 0:
+        torch.save({"samples_per_s": meter.samples_per_s(), "net": module.net.state_dict()}, out)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def probe(cli, net_state: dict[str, torch.Tensor]) -> float:
     """Probe loss of trainkit's model carrying ``net_state`` (the weights of ``model.net``)."""
     model = copy.deepcopy(cli.model)
@@ -111,12 +156,13 @@ def probe(cli, net_state: dict[str, torch.Tensor]) -> float:
     return probe_loss(model, *cli.datamodule.splits["train"].tensors)
 
 
-def hand(cli, epochs: int, world: int) -> tuple[float, float]:
+def spawned(worker, cli, epochs: int, world: int) -> tuple[float, float]:
+    """samples/s and probe loss of ``worker`` (hand_worker, lightning_worker) on ``world`` processes."""
     x, y = cli.datamodule.splits["train"].tensors
-    out = os.path.abspath(f"hand-{world}-{time.monotonic_ns()}.pt")
+    out = os.path.abspath(f"{worker.__name__}-{world}-{time.monotonic_ns()}.pt")
     args = (world, free_port(), copy.deepcopy(cli.model.net), x, y, cli.datamodule.batch_size,
             int(os.environ["PL_GLOBAL_SEED"]), epochs, out)
-    mp.spawn(hand_worker, args=args, nprocs=world)
+    mp.spawn(worker, args=args, nprocs=world)
     got = torch.load(out, weights_only=True)
     return got["samples_per_s"], probe(cli, got["net"])
 
@@ -154,8 +200,10 @@ def main() -> None:
         epochs = EPOCHS[workload]
         cli = built(workload, epochs)
         arms = {
-            ("hand DDP", 1): lambda r: hand(cli, epochs, 1),
-            ("hand DDP", 2): lambda r: hand(cli, epochs, 2),
+            ("hand DDP", 1): lambda r: spawned(hand_worker, cli, epochs, 1),
+            ("hand DDP", 2): lambda r: spawned(hand_worker, cli, epochs, 2),
+            ("Lightning floor", 1): lambda r: spawned(lightning_worker, cli, epochs, 1),
+            ("Lightning floor", 2): lambda r: spawned(lightning_worker, cli, epochs, 2),
             ("trainkit", 1): lambda r: trainkit(cli, workload, epochs, 1, f"{workload}-1p-r{r}"),
             ("trainkit", 2): lambda r: trainkit(cli, workload, epochs, 2, f"{workload}-2p-r{r}"),
         }

@@ -58,6 +58,23 @@ def probe_loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float(F.cross_entropy(net(x[:512]), y[:512]))
 
 
+class Sliced:
+    """Tensor slices in a sampler's order, one batch per step: a loader without a DataLoader
+    (Lightning calls ``set_epoch`` on a loader's ``sampler`` each epoch, as on a DataLoader's)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, sampler, batch: int):
+        self.x, self.y, self.sampler, self.batch_sampler, self.batch = x, y, sampler, None, batch
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch)
+
+    def __iter__(self):
+        order = torch.tensor(list(self.sampler))
+        for k in range(0, len(order), self.batch):  # sliced per step, as the hand loop does
+            idx = order[k : k + self.batch]
+            yield self.x[idx], self.y[idx]
+
+
 def hand(workload: str, epochs: int) -> tuple[float, float]:
     """The loop a PyTorch user writes: slice tensors by a permutation, step, zero grads."""
     from trainkit.data.loader import EpochSampler
@@ -114,26 +131,10 @@ def plain_lightning(workload: str, epochs: int, floor: bool = False) -> tuple[fl
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
-    class Sliced:
-        """Tensor slices in the sampler's order (Lightning calls
-        ``set_epoch`` on a loader's ``sampler``, as on a DataLoader's)."""
-
-        def __init__(self, sampler: EpochSampler, b: int):
-            self.sampler, self.batch_sampler, self.b = sampler, None, b
-
-        def __len__(self) -> int:
-            return -(-len(self.sampler) // self.b)
-
-        def __iter__(self):
-            order, (x, y) = torch.tensor(list(self.sampler)), ds.tensors
-            for k in range(0, len(order), self.b):  # sliced per step, as the hand loop does
-                idx = order[k : k + self.b]
-                yield x[idx], y[idx]
-
     model, meter = Plain(copy.deepcopy(cli.model)), Throughput()
     sampler = EpochSampler(ds, 1, 0, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
     b = cli.datamodule.batch_size
-    loader = Sliced(sampler, b) if floor else DataLoader(ds, batch_size=b, sampler=sampler)
+    loader = Sliced(*ds.tensors, sampler, b) if floor else DataLoader(ds, batch_size=b, sampler=sampler)
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, callbacks=[meter], accelerator="cpu", devices=1)
     trainer.fit(model, loader)
