@@ -73,3 +73,18 @@ def syncbn_worker(rank: int, world_size: int, port: int, data_file: str, out_fil
         )
     finally:
         dist.destroy_process_group()
+
+
+def any_rank_worker(rank: int, world_size: int, port: int, out_file: str) -> None:
+    """Rank 1 raises its flag from call 3 on; each rank records what AnyRank decided per call."""
+    from trainkit.callbacks.checkpointing import AnyRank
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        vote = AnyRank()
+        vote.start()
+        decided = [vote(rank == 1 and call >= 3) for call in range(6)]
+        vote.stop()
+        Path(f"{out_file}.rank{rank}").write_text(json.dumps(decided))
+    finally:
+        dist.destroy_process_group()

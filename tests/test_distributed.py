@@ -144,3 +144,13 @@ def test_resume_on_another_world_size_reports_it_and_rescales_the_lr():
     assert lr(after) == pytest.approx(0.1 * 64 / 64), "the lr follows the new global batch"
     # last.ckpt of the first run already knew best.ckpt (it was saved after it)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt", "previous.ckpt"]
+
+
+def test_any_rank_vote_is_the_same_on_every_rank_one_call_late(tmp_path):
+    import torch.multiprocessing as mp
+    from ddp_workers import any_rank_worker
+
+    mp.spawn(any_rank_worker, args=(2, free_port(), str(tmp_path / "vote")), nprocs=2)
+    decided = [json.loads((tmp_path / f"vote.rank{r}").read_text()) for r in range(2)]
+    # rank 1 alone flags from call 3: both ranks decide True from call 4 on, at the same call
+    assert decided[0] == decided[1] == [False, False, False, False, True, True]

@@ -103,7 +103,8 @@ class Classifier(pl.LightningModule):
         check_lr_scaling(lr_scaling)
         check_auroc_thresholds(auroc_thresholds)
         if channels_last and len(input_shape) != 3:
-            raise ConfigError(f"is for image inputs (C, H, W); this data has inputs of shape {tuple(input_shape)}", "model.channels_last")
+            shape = tuple(input_shape)
+            raise ConfigError(f"is for image inputs (C, H, W); this data has inputs of shape {shape}", "model.channels_last")
         self.channels_last = channels_last
         self.schedule_spec, self.lr_scaling = schedule, lr_scaling
         self.net = build_net(arch, num_classes, input_shape, activation, arch_args, norm, dropout, init)

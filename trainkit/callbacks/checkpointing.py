@@ -55,8 +55,7 @@ class AnyRank:
     Each call starts an all-reduce of this rank's flag on a CPU (gloo) group of its own and
     returns the previous call's result, so the collective runs during the step in between.
     A blocking reduction (Lightning's ``reduce_boolean_decision``) costs a round trip on every
-    step, and under NCCL a device sync as well: on 2 gloo processes of a small model it was a
-    large part of the step. One process: the flag itself, at once.
+    step, and under NCCL a device sync as well. One process: the flag itself, at once.
     """
 
     def __init__(self) -> None:
