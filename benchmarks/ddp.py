@@ -50,7 +50,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 # overhead.py sits beside this script (sys.path[0]): the same workloads, model build and probe
-from overhead import ROOT, Sliced, built, probe_loss, trainkit_args
+from overhead import ROOT, Sliced, built, hand_loop, probe_loss, trainkit_args
 
 # digits: more than overhead.py's 6, as 2 processes take 10 steps an epoch
 EPOCHS = {"digits": 20, "resnet20": 3}
@@ -83,24 +83,9 @@ def hand_worker(rank: int, world: int, port: int, net: torch.nn.Module, x: torch
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
         model = DistributedDataParallel(convert_cpu_sync_batchnorm(net))
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    sampler = EpochSampler(TensorDataset(x, y), world, rank, seed=seed)
-    seen, seconds = 0, 0.0
-    model.train()
-    for epoch in range(epochs):
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler))
-        start = time.perf_counter()
-        for k in range(0, len(order), batch):
-            idx = order[k : k + batch]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        if epoch > 0:
-            seconds += time.perf_counter() - start
-            seen += len(order) * world  # every rank steps through a shard of the same length
-    if rank == 0:
-        torch.save({"samples_per_s": seen / seconds, "net": net.state_dict()}, out)
+    seen, seconds = hand_loop(model, opt, x, y, EpochSampler(TensorDataset(x, y), world, rank, seed=seed), batch, epochs)
+    if rank == 0:  # every rank steps through a shard of the same length
+        torch.save({"samples_per_s": seen * world / seconds, "net": net.state_dict()}, out)
     if world > 1:
         # both ranks leave together: once seen here, rank 0 waited forever in the teardown
         # after rank 1 had already exited

@@ -75,29 +75,37 @@ class Sliced:
             yield self.x[idx], self.y[idx]
 
 
-def hand(workload: str, epochs: int) -> tuple[float, float]:
-    """The loop a PyTorch user writes: slice tensors by a permutation, step, zero grads."""
-    from trainkit.data.loader import EpochSampler
-
-    cli = built(workload, epochs)
-    net, (x, y) = copy.deepcopy(cli.model), cli.datamodule.splits["train"].tensors
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    sampler = EpochSampler(cli.datamodule.splits["train"], 1, 0, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
-    b, seen, seconds = cli.datamodule.batch_size, 0, 0.0
-    net.train()
+def hand_loop(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, sampler,
+              batch: int, epochs: int) -> tuple[int, float]:
+    """The loop a PyTorch user writes: slice tensors by the sampler's permutation, step, zero
+    grads. Returns this process's samples and seconds of training, the first epoch left out."""
+    seen, seconds = 0, 0.0
+    model.train()
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         order = torch.tensor(list(sampler))
         start = time.perf_counter()
-        for k in range(0, len(order), b):
-            idx = order[k : k + b]
-            loss = F.cross_entropy(net(x[idx]), y[idx])
+        for k in range(0, len(order), batch):
+            idx = order[k : k + batch]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         if epoch > 0:
             seconds += time.perf_counter() - start
             seen += len(order)
+    return seen, seconds
+
+
+def hand(workload: str, epochs: int) -> tuple[float, float]:
+    """The hand-written loop on trainkit's weights and batch order."""
+    from trainkit.data.loader import EpochSampler
+
+    cli = built(workload, epochs)
+    net, (x, y) = copy.deepcopy(cli.model), cli.datamodule.splits["train"].tensors
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    sampler = EpochSampler(cli.datamodule.splits["train"], 1, 0, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+    seen, seconds = hand_loop(net, opt, x, y, sampler, cli.datamodule.batch_size, epochs)
     return seen / seconds, probe_loss(net, x, y)
 
 
