@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Sequence
 
 from trainkit.errors import ConfigError
+from trainkit.metrics import METRIC_NAMES
 from trainkit.sweep.space import Param, check_paths, dump_space, load_space, refine, sample_overrides
 from trainkit.sweep.study import PRUNERS, SAMPLERS, grid_size
 
 log = logging.getLogger(__name__)
-
-METRICS = ("loss", "acc", "precision", "recall", "f1", "auroc")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -66,8 +65,8 @@ class Sweep:
 def resolve(args: argparse.Namespace, overrides: list[str]) -> Sweep:
     """Check recipe, space and metric (ConfigError before anything is written) and name the sweep."""
     stage, name = args.metric.split("/", 1) if "/" in args.metric else ("", args.metric)
-    if stage != "val" or name not in METRICS:
-        raise ConfigError(f"must be a validation metric, one of {', '.join('val/' + m for m in METRICS)}; got {args.metric!r}", "--metric")
+    if stage != "val" or name not in METRIC_NAMES:
+        raise ConfigError(f"must be a validation metric, one of {', '.join('val/' + m for m in METRIC_NAMES)}; got {args.metric!r}", "--metric")
     direction = args.direction or ("minimize" if name == "loss" else "maximize")
     if args.trials is not None and args.trials < 1 or args.workers < 1:
         raise ConfigError(f"--trials and --workers must be >= 1, got {args.trials} and {args.workers}", "sweep")
