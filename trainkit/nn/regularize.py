@@ -77,7 +77,7 @@ def param_groups(
         model: the module whose trainable parameters are grouped (each appears once).
         weight_decay: decay of the first group.
         no_decay_bias_norm: put biases and norm parameters in a second group without decay;
-            ``False`` (or ``weight_decay`` 0) gives one group.
+            ``False`` gives one group with everything decayed.
         lr_mult: ``parameter name -> lr multiplier`` (discriminative lrs): each group splits by
             multiplier and gets ``lr * multiplier`` and an ``lr_mult`` entry.
         lr: the base lr the multipliers apply to (needed with ``lr_mult``).
@@ -96,8 +96,7 @@ def param_groups(
                 continue
             seen.add(id(param))
             mult = lr_mult(f"{module_name}.{name}" if module_name else name) if lr_mult else 1.0
-            # without decay there is nothing to exempt from: one group, one optimizer loop less
-            exempt = no_decay_bias_norm and weight_decay > 0 and is_exempt(module, name, param)
+            exempt = no_decay_bias_norm and is_exempt(module, name, param)
             split.setdefault((exempt, mult), []).append(param)
     groups = []
     for (exempt, mult), params in sorted(split.items(), key=lambda kv: kv[0][0]):
