@@ -11,7 +11,7 @@ RECIPE ?= recipes/digits_mlp.yaml
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.trainkit-installed
 
-.PHONY: train test bootstrap clean
+.PHONY: train test test-all bootstrap clean
 
 bootstrap: $(STAMP)
 
@@ -25,8 +25,13 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(BIN)/trainkit fit --config $(RECIPE)
 
+# the default suite (under 10 minutes on 2 cores); tests marked slow are left out
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# every test, the slow ones (SLURM cluster, kill loops, torchrun restarts) included
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -77,6 +77,7 @@ def test_killed_and_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(mid_e
     assert_same_weights(Path("runs/digits_mlp/full/checkpoints/last.ckpt"), cut)
 
 
+@pytest.mark.slow
 def test_kill_minus_9_while_checkpointing_never_leaves_an_unloadable_checkpoint():
     from trainkit.checkpoints import first_loadable
 
@@ -104,6 +105,7 @@ def test_kill_minus_9_while_checkpointing_never_leaves_an_unloadable_checkpoint(
     assert steps == sorted(steps) and steps[-1] > steps[0], f"each attempt resumed and went on: {steps}"
 
 
+@pytest.mark.slow
 def test_torchrun_restarts_a_killed_worker_and_the_run_finishes():
     from test_distributed import TORCHRUN
     from test_metrics import free_port

@@ -16,6 +16,8 @@ from wandb_records import read_run
 
 SBATCH = Path(__file__).parents[1] / "launch" / "slurm.sbatch"
 TRAINKIT = str(Path(sys.executable).with_name("trainkit"))
+# a cluster start plus whole jobs: run by `make test-all` and CI, not the default suite
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 import inspect
+import os
+import sys
 from typing import Any, Callable, Generic, TypeVar
 
 from trainkit.errors import ConfigError
@@ -133,3 +136,48 @@ def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], what: str, skip
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{what} has no argument {key!r}{hint} (valid: {', '.join(valid)})")
+
+
+def import_object(path: str, key: str) -> Any:
+    """The object at a class path ``package.module.Name``, imported as ``python -m`` would.
+
+    The current directory comes first on ``sys.path`` (as for ``python -m``), so a user's
+    ``my_pkg/data.py`` beside the recipe imports without setting ``PYTHONPATH``. Every recipe
+    key that takes a class path (architectures, datasets, optimizers, activations) uses this.
+
+    Args:
+        path: the dotted path.
+        key: the recipe key, for error messages.
+
+    Raises:
+        ConfigError: not a dotted path, or the module or the name cannot be imported; the
+            message names the path, the key and where it looked.
+
+    >>> import_object("collections.OrderedDict", "model.arch").__name__
+    'OrderedDict'
+    >>> import_object("collections.NoSuchThing", "model.arch")
+    Traceback (most recent call last):
+    ...
+    trainkit.errors.ConfigError: model.arch: cannot import 'collections.NoSuchThing': module 'collections' has no attribute 'NoSuchThing'
+    """
+    module_name, _, attr = path.rpartition(".") if isinstance(path, str) else ("", "", "")
+    if not module_name or not attr:
+        raise ConfigError(f"a class path is package.module.Name, got {path!r}", key)
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):  # the module itself, not one it imports
+            raise ConfigError(
+                f"cannot import {path!r}: no module {e.name!r} in the current directory ({cwd}) "
+                "or the installed packages", key
+            ) from None
+        raise ConfigError(f"cannot import {path!r}: importing {module_name} failed: {e}", key) from None
+    except Exception as e:  # a user's module that fails while importing: name it, no traceback
+        raise ConfigError(f"cannot import {path!r}: importing {module_name} failed: {type(e).__name__}: {e}", key) from None
+    try:
+        return getattr(module, attr)
+    except AttributeError as e:
+        raise ConfigError(f"cannot import {path!r}: {e}", key) from None

@@ -64,11 +64,9 @@ def torchvision_model(num_classes: int, input_shape: tuple[int, ...], model_name
 
 def import_class(path: str) -> Any:
     """The object at ``package.module.Name`` (a user's own architecture by class path)."""
-    module_name, _, attr = path.rpartition(".")
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(f"cannot import {path!r}: {e}", "model.arch") from None
+    from trainkit.registry import import_object
+
+    obj = import_object(path, "model.arch")
     if not callable(obj):
         raise ConfigError(f"{path!r} is not a class or factory", "model.arch")
     return obj
