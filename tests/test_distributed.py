@@ -16,7 +16,7 @@ from conftest import DEFAULT_RECIPE, QUIET, trainkit
 from test_metrics import free_port
 
 from trainkit.cli import main
-from trainkit.launch import template
+from trainkit.launching import template
 
 TORCHRUN = Path(__file__).parents[1] / "launch" / "torchrun.sh"
 COMMON = ["--data.num_workers=0", "--trainer.accelerator=cpu", *QUIET]

@@ -9,7 +9,7 @@ import torch
 from conftest import DEFAULT_RECIPE, ROOT
 
 from trainkit.cli import main
-from trainkit.doctor import run_doctor
+from trainkit.commands.doctor import run_doctor
 
 FAST = ["--data.num_workers=0"]
 STEPS = {"overfit_steps": 80, "sweep_steps": 60}

@@ -9,7 +9,7 @@ from conftest import DEFAULT_RECIPE, QUIET
 
 from trainkit.cli import main
 from trainkit.ensemble import ensemble_metrics
-from trainkit.lottery import lottery
+from trainkit.commands.lottery import lottery
 from trainkit.models import build_arch
 from trainkit.nn.prune import prunable, prune_to, sparsity
 from trainkit.runner import TrainkitCLI

@@ -67,7 +67,8 @@ def test_check_kwargs_names_the_bad_key_and_valid_ones():
 
 @pytest.mark.parametrize("kind", sorted(REGISTRIES))
 def test_every_registry_is_listed_with_descriptions(kind, capsys):
-    from trainkit.cli import _registries, main
+    from trainkit.cli import main
+    from trainkit.commands.common import registries as _registries
 
     assert main(["list", kind]) == 0
     out = capsys.readouterr().out.splitlines()

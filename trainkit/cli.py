@@ -8,11 +8,12 @@ Exit codes: 0 success, 2 bad input (one message naming the culprit), 1 anything 
 
 from __future__ import annotations
 
+import importlib
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Sequence
 
-if TYPE_CHECKING:
-    import argparse
+from trainkit.commands import COMMANDS
+from trainkit.commands.common import REGISTRIES, format_table
 
 STAGES = ("fit", "validate", "test", "predict")
 
@@ -52,131 +53,6 @@ Every run lives in <run.root>/<run.experiment>/<run.name>/. See README.md for re
 """
 
 
-# kind for ``trainkit list`` -> (module, registry), imported only when asked for
-REGISTRIES: dict[str, tuple[str, str]] = {
-    "archs": ("trainkit.models", "ARCHS"),
-    "activations": ("trainkit.nn.activations", "ACTIVATIONS"),
-    "datasets": ("trainkit.data.datasets", "DATASETS"),
-    "optimizers": ("trainkit.optim.optimizers", "OPTIMIZERS"),
-    "schedules": ("trainkit.optim.schedules", "SCHEDULES"),
-    "inits": ("trainkit.nn.init", "INIT_SCHEMES"),
-    "norms": ("trainkit.nn.norm", "NORMS"),
-    "augmentations": ("trainkit.data.augment", "AUGMENTATIONS"),
-}
-
-
-def _registries() -> dict[str, Callable[[], object]]:
-    """Kinds for ``trainkit list``, each a function importing its registry."""
-    import importlib
-
-    def loader(module: str, attr: str) -> Callable[[], object]:
-        return lambda: getattr(importlib.import_module(module), attr)
-
-    return {kind: loader(*where) for kind, where in REGISTRIES.items()}
-
-
-def cmd_list(args: Sequence[str]) -> int:
-    """``trainkit list KIND [PATTERN]``: print registered names and descriptions."""
-    from trainkit.errors import ConfigError
-
-    kinds = _registries()
-    if not args or args[0] in ("-h", "--help"):
-        print(f"usage: trainkit list {{{','.join(kinds)}}} [GLOB]")
-        return 0 if args else 2
-    if args[0] not in kinds:
-        raise ConfigError(f"unknown kind {args[0]!r} (known: {', '.join(kinds)})", "list")
-    registry = kinds[args[0]]()
-    names = registry.names(args[1] if len(args) > 1 else None)
-    width = max((len(n) for n in names), default=0)
-    for name in names:
-        print(f"{name:<{width}}  {registry.describe(name)}")
-    return 0
-
-
-def cmd_launch(args: Sequence[str]) -> int:
-    """``trainkit launch``: the launch plan, then torchrun or sbatch."""
-    from trainkit.launch import cmd_launch as launch
-
-    return launch(args)
-
-
-def cmd_lr_find(args: Sequence[str]) -> int:
-    """``trainkit lr-find --config R.yaml [--write OUT.yaml]``: LR range test (trainkit/lr_find.py)."""
-    from trainkit.lr_find import cmd_lr_find as run_lr_find
-
-    return run_lr_find(args)
-
-
-def cmd_doctor(args: Sequence[str]) -> int:
-    """``trainkit doctor --config R.yaml [overrides]``: preflight checks (trainkit/doctor.py)."""
-    from trainkit.doctor import cmd_doctor as run_doctor
-
-    return run_doctor(args)
-
-
-def cmd_preview_data(args: Sequence[str]) -> int:
-    """``trainkit preview-data --config R.yaml [overrides]``: write and log the augmentation grid."""
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    from trainkit.data.preview import run_preview
-
-    path = run_preview(list(args))
-    if rank_zero_only.rank == 0:
-        print(f"preview: {path}")
-        print(f"run dir: {path.parent}")
-    return 0
-
-
-def cmd_lottery(args: Sequence[str]) -> int:
-    """``trainkit lottery --config R.yaml [overrides]``: the lottery-ticket rounds (trainkit/lottery.py)."""
-    from trainkit.lottery import cmd_lottery as run_lottery
-
-    return run_lottery(args)
-
-
-def cmd_sweep(args: Sequence[str]) -> int:
-    """``trainkit sweep``: Optuna search over recipe keys (trainkit/sweep/)."""
-    from trainkit.sweep.command import cmd_sweep as sweep
-
-    return sweep(args)
-
-
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
-    "list": cmd_list,
-    "launch": cmd_launch,
-    "lr-find": cmd_lr_find,
-    "doctor": cmd_doctor,
-    "preview-data": cmd_preview_data,
-    "lottery": cmd_lottery,
-    "sweep": cmd_sweep,
-}
-
-
-def command_options(parser: "argparse.ArgumentParser", argv: Sequence[str]) -> tuple[Any, list[str]] | None:
-    """A trainkit command's own options, and the rest (recipe and overrides) it passes on to the
-    recipe parser; ``None`` after printing the help for ``-h``/``--help``."""
-    argv = list(argv)
-    if any(a in ("-h", "--help") for a in argv):
-        parser.print_help()
-        print("\nRecipe options: see `trainkit fit --help`.")
-        return None
-    return parser.parse_known_args(argv)
-
-
-def format_table(metrics: dict[str, float]) -> str:
-    """Metrics as an aligned two-column table.
-
-    >>> print(format_table({"val/acc": 0.96, "val/loss": 0.125}))
-    metric    value
-    val/acc   0.9600
-    val/loss  0.1250
-    """
-    width = max([len("metric")] + [len(k) for k in metrics])
-    lines = [f"{'metric':<{width}}  value"]
-    lines += [f"{k:<{width}}  {v:.4f}" for k, v in sorted(metrics.items())]
-    return "\n".join(lines)
-
-
 def run_stage(argv: Sequence[str]) -> int:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
@@ -196,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``trainkit`` and ``python -m trainkit``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(HELP.format(kinds=", ".join(_registries())))
+        print(HELP.format(kinds=", ".join(REGISTRIES)))
         return 0 if argv else 2
     if argv[0] == "--version":
         from trainkit import __version__
@@ -215,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command in STAGES:
             return run_stage(argv)
         if command in COMMANDS:
-            return COMMANDS[command](rest)
+            return importlib.import_module(f"trainkit.commands.{COMMANDS[command]}").main(rest)
         raise ConfigError(f"unknown command {command!r} (known: {', '.join((*STAGES, *COMMANDS))})")
     except ConfigError as e:
         print(f"trainkit: error: {e}", file=sys.stderr)

@@ -7,7 +7,7 @@ are iterative, each removing the same fraction of the weights still alive. ``sco
 ranks all weights together, ``layer`` prunes each layer to the same sparsity. A pruned weight
 ``w = w_orig * w_mask`` stays zero while training goes on (its gradient is masked). ``epochs: []``
 prunes nothing: a model loaded with masks (a lottery ticket) keeps them fixed.
-The lottery-ticket procedure is ``trainkit lottery`` (:mod:`trainkit.lottery`).
+The lottery-ticket procedure is ``trainkit lottery`` (:mod:`trainkit.commands.lottery`).
 """
 
 from __future__ import annotations

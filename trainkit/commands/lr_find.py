@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import yaml
 
 from trainkit.errors import ConfigError
+from trainkit.optim.lr_range import SKIP_BEGIN, suggestions, unbiased
 
 PICKS = ("steepest", "min10")
 
@@ -43,9 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_lr_find(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str]) -> int:
     """Run the range test; prints both suggestions and the run dir. Returns the exit code."""
-    from trainkit.cli import command_options
+    from trainkit.commands.common import command_options
 
     parsed = command_options(_parser(), argv)
     if parsed is None:
@@ -85,44 +85,6 @@ def write_recipe(source: str | None, out: Path, lr: float, pick: str) -> None:
     optimizer["lr"] = float(f"{lr:.3g}")
     header = f"# {source or 'defaults'} with model.optimizer.lr from `trainkit lr-find` ({pick})\n"
     out.write_text(header + yaml.safe_dump(recipe, sort_keys=False))
-
-
-SKIP_BEGIN = 10  # as Lightning's suggestion(): the first points say little about the curve
-BETA = 0.98  # Lightning's loss smoothing
-
-
-def unbiased(losses: Sequence[float], beta: float = BETA) -> list[float]:
-    """Lightning's smoothed sweep losses with the EMA bias correction of step ``n`` (0-based).
-
-    Lightning 2.6 divides the EMA after ``n + 1`` updates by ``1 - beta ** (n + 2)`` (it reads
-    the step counter after the optimizer step), which halves the first points and makes the
-    curve rise during its first ~50 steps; the loss minimum would then sit at the start.
-
-    >>> [round(v, 6) for v in unbiased([0.02 * 3 / (1 - 0.98**2)])]
-    [3.0]
-    """
-    return [v * (1 - beta ** (n + 2)) / (1 - beta ** (n + 1)) for n, v in enumerate(losses)]
-
-
-def suggestions(lrs: Sequence[float], losses: Sequence[float]) -> dict[str, float]:
-    """The lr of steepest loss descent, and the lr of the lowest loss / 10.
-
-    Both leave out the first ``SKIP_BEGIN`` points and the last one, as Lightning's suggestion.
-
-    >>> lrs = [10 ** (i / 4 - 5) for i in range(16)]
-    >>> s = suggestions(lrs, [2.0] * 10 + [2.0, 1.9, 1.0, 0.9, 0.8, 5.0])
-    >>> round(s["steepest"], 6), round(s["min10"], 6)
-    (0.005623, 0.003162)
-    """
-    lr = np.asarray(lrs[SKIP_BEGIN:-1], dtype=float)
-    loss = np.asarray(losses[SKIP_BEGIN:-1], dtype=float)
-    keep = np.isfinite(loss)
-    lr, loss = lr[keep], loss[keep]
-    if len(loss) < 3:
-        raise ConfigError(f"only {len(loss)} usable points in the sweep (losses NaN or diverging early): lower --min-lr or raise --steps", "--min-lr")
-    # per point of an exponential sweep, i.e. per equal step of log(lr)
-    steepest = lr[int(np.argmin(np.gradient(loss)))]
-    return {"steepest": float(steepest), "min10": float(lr[int(np.argmin(loss))] / 10)}
 
 
 def save_plot(path: Path, lrs: Sequence[float], losses: Sequence[float], found: dict[str, float]) -> None:

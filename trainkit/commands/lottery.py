@@ -82,7 +82,7 @@ def lottery(argv: Sequence[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def cmd_lottery(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str]) -> int:
     """``trainkit lottery``: run the rounds, print sparsity and metrics per round."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 

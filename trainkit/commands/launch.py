@@ -1,5 +1,6 @@
 """``trainkit launch``: render and start a torchrun command or an sbatch script from the
-templates in ``launch/`` (``trainkit/templates/``), after printing the launch plan.
+templates in ``launch/`` (``trainkit/templates/``), after printing the launch plan;
+``trainkit launch --sweep``: a SLURM array job whose tasks each run one trial of a shared study.
 
 The recipe is parsed and checked here first (exit 2 on bad input), so a broken recipe never
 reaches a cluster queue. Every value that reaches a shell is quoted with :func:`shlex.quote`.
@@ -10,21 +11,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import shlex
 import subprocess
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from trainkit.errors import ConfigError
+from trainkit.launching import add_sbatch_options, render_sbatch, sbatch_settings, template, torchrun_command
 from trainkit.secrets import find_secret
-
-
-def template(name: str) -> Path:
-    """Path of a launch template shipped in the package (``torchrun.sh``, ``slurm.sbatch``)."""
-    return Path(str(resources.files("trainkit") / "templates" / name))
 
 
 @dataclass
@@ -86,67 +81,6 @@ def make_plan(recipe: str, overrides: Sequence[str], nodes: int, devices: int) -
     )
 
 
-SBATCH_KEYS = ("job-name", "nodes", "ntasks-per-node", "cpus-per-task", "time", "partition", "gpus-per-node")
-
-
-def render_sbatch(text: str, settings: dict[str, str], argv: Sequence[str]) -> str:
-    """The sbatch template with ``#SBATCH --key=value`` lines set from ``settings`` and the
-    recipe and overrides baked in as quoted positional arguments.
-
-    >>> print(render_sbatch("#SBATCH --nodes=1\\nset -e\\nRECIPE=$1", {"nodes": "2"}, ["r.yaml", "--x=a b"]), end="")
-    #SBATCH --nodes=2
-    set -- r.yaml '--x=a b'
-    set -e
-    RECIPE=$1
-    """
-    lines = text.splitlines()
-    for key, value in settings.items():
-        line = f"#SBATCH --{key}={value}"
-        idx = [i for i, s in enumerate(lines) if re.match(rf"#SBATCH --{re.escape(key)}=", s)]
-        if idx:
-            lines[idx[0]] = line
-        else:
-            last = max(i for i, s in enumerate(lines) if s.startswith("#SBATCH"))
-            lines.insert(last + 1, line)
-    # arguments go right after the #SBATCH block (sbatch stops reading directives at the first command)
-    last = max(i for i, s in enumerate(lines) if s.startswith("#SBATCH"))
-    lines.insert(last + 1, "set -- " + shlex.join(argv))
-    return "\n".join(lines) + "\n"
-
-
-def torchrun_command(argv: Sequence[str], env: dict[str, str]) -> list[str]:
-    """``env VAR=... bash torchrun.sh RECIPE overrides...`` as an argument list."""
-    return ["env", *(f"{k}={v}" for k, v in env.items()), "bash", str(template("torchrun.sh")), *argv]
-
-
-def add_sbatch_options(group: Any, job_name: str, script_default: str) -> None:
-    """The options :func:`sbatch_settings` reads, for every command that renders an sbatch script."""
-    group.add_argument("--job-name", default=job_name)
-    group.add_argument("--time", default="01:00:00")
-    group.add_argument("--partition", default=None)
-    group.add_argument("--cpus-per-task", type=int, default=4)
-    group.add_argument("--gpus-per-node", type=int, default=0)
-    group.add_argument("--script", default=None, help=f"where to write the sbatch script (default: {script_default})")
-
-
-def sbatch_settings(args: argparse.Namespace, specific: dict[str, str]) -> dict[str, str]:
-    """``#SBATCH`` values from the common launch options plus ``specific`` ones, each checked to
-    be a plain word, so nothing can break out of its directive line.
-
-    Raises:
-        ConfigError: a value with characters other than letters, digits and ``. : - _ %``.
-    """
-    settings = {"job-name": args.job_name, **specific, "cpus-per-task": str(args.cpus_per_task), "time": args.time}
-    if args.partition:
-        settings["partition"] = args.partition
-    if args.gpus_per_node:
-        settings["gpus-per-node"] = str(args.gpus_per_node)
-    for key, value in settings.items():
-        if not re.fullmatch(r"[\w.:\-%]+", value):
-            raise ConfigError(f"--{key} must be a plain word (letters, digits, . : - _ %), got {value!r}", "launch")
-    return settings
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="trainkit launch",
@@ -171,11 +105,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_launch(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str]) -> int:
     """``trainkit launch``: see :func:`parser`."""
-    if "--sweep" in argv:  # a SLURM array job of sweep trials: trainkit/sweep/launch.py
-        from trainkit.sweep.launch import cmd_launch_sweep
-
+    if "--sweep" in argv:  # a SLURM array job of sweep trials
         return cmd_launch_sweep([a for a in argv if a != "--sweep"])
     args, overrides = parser().parse_known_args(list(argv))
     for bad in (o for o in overrides if not o.startswith("--")):
@@ -232,3 +164,63 @@ def _script_path(experiment_dir: Path) -> Path:
     import time
 
     return experiment_dir / "launch" / f"slurm-{time.strftime('%Y%m%d-%H%M%S')}.sbatch"
+
+
+# -- launch --sweep ---------------------------------------------------------------------------
+def sweep_parser() -> argparse.ArgumentParser:
+    from trainkit.sweep.plan import parser as sweep_plan_parser
+
+    p = sweep_plan_parser()
+    p.prog = "trainkit launch --sweep"
+    p.description = "Render a SLURM array job: N tasks, each `trainkit sweep --study NAME --trials 1` on one storage."
+    p.set_defaults(workers=None)
+    s = p.add_argument_group("slurm (--workers K: at most K tasks at once)")
+    add_sbatch_options(s, "trainkit-sweep", "in the sweep dir")
+    s.add_argument("--dry-run", action="store_true", help="print the script; write and submit nothing")
+    return p
+
+
+def cmd_launch_sweep(argv: Sequence[str]) -> int:
+    """Check, render, write and submit the array job (``--dry-run``: print it only).
+
+    The recipe and space are checked here (exit 2 before anything reaches the queue); the tasks
+    get the study name and an explicit storage, so they all join the same study.
+    """
+    import time
+
+    from trainkit.sweep.plan import resolve
+    from trainkit.sweep.space import dump_space
+    from trainkit.sweep.study import grid_size
+
+    args, overrides = sweep_parser().parse_known_args(list(argv))
+    for bad in (o for o in overrides if not o.startswith("--")):
+        raise ConfigError(f"overrides look like --key=value, got {bad!r}", "launch")
+    workers = args.workers
+    args.workers = 1
+    if args.study is None:
+        args.study = time.strftime("%Y%m%d-%H%M%S")  # baked into the script: every task joins it
+    sweep = resolve(args, overrides)
+    grid = args.sampler == "grid"
+    trials = args.trials or (grid_size(sweep.params) if grid else 20)
+    if grid:
+        trials = min(trials, grid_size(sweep.params))  # more tasks would find the grid done
+    storage = args.storage or f"sqlite:///{(sweep.sweep_dir / 'study.db').resolve()}"
+    space = sweep.sweep_dir / "space.yaml" if args.refine else Path(args.space)
+    task_args = [
+        "--config", args.config, "--space", str(space), "--study", sweep.name, "--storage", storage,
+        "--sampler", args.sampler, "--metric", sweep.metric, "--direction", sweep.direction,
+        "--pruner", args.pruner, "--seed", str(args.seed), *overrides,
+    ]
+    settings = sbatch_settings(args, {"array": f"0-{trials - 1}" + (f"%{workers}" if workers else "")})
+    script = render_sbatch(template("sweep.sbatch").read_text(), settings, task_args)
+    print(f"sweep {sweep.name}: {trials} array tasks, one trial each; sweep dir {sweep.sweep_dir}; storage {storage}")
+    if args.dry_run:
+        print(script, end="")
+        return 0
+    sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep.sweep_dir / "space.yaml").write_text(dump_space(sweep.params))
+    path = Path(args.script) if args.script else sweep.sweep_dir / "launch" / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}.sbatch"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(script)
+    print(f"sbatch {shlex.quote(str(path))}")
+    return subprocess.run(["sbatch", str(path)], check=False).returncode

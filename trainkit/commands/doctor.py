@@ -12,7 +12,7 @@ splits, in seconds on a CPU:
 - ``label_balance``, ``splits_disjoint``, ``inputs_standardized``, ``shuffling``,
   ``label_signal`` (a k-NN/logistic probe beats chance on val: labels relate to inputs);
 - ``regularization``: the recipe's regularization raises the training loss over the same steps;
-- ``lr_range``: an LR range test's suggestion (:func:`trainkit.lr_find.suggestions`) next to
+- ``lr_range``: an LR range test's suggestion (:func:`trainkit.optim.lr_range.suggestions`) next to
   the recipe's lr.
 
 It prints a PASS/WARN/FAIL table and writes ``doctor.json`` and ``doctor.png`` in a run dir
@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from trainkit import doctor_checks as dc
-from trainkit.doctor_checks import FAIL, PASS, WARN, Check
+from trainkit import preflight as dc
+from trainkit.preflight import FAIL, PASS, WARN, Check
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,11 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_doctor(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str]) -> int:
     """Run the checks, print the table and the run dir; returns 0 (no FAIL) or 1."""
     from trainkit.errors import ConfigError
 
-    from trainkit.cli import command_options
+    from trainkit.commands.common import command_options
 
     parsed = command_options(_parser(), argv)
     if parsed is None:
@@ -180,7 +180,7 @@ def lr_sweep(net: torch.nn.Module, batches: Any, spec: dict[str, Any], regulariz
 def lr_range(sweep: dict[str, list[float]], lr: float) -> Check:
     """The recipe's lr next to the range test's steepest-descent suggestion."""
     from trainkit.errors import ConfigError
-    from trainkit.lr_find import suggestions
+    from trainkit.optim.lr_range import suggestions
 
     lrs, losses = sweep["lr"], sweep["loss"]
     try:
