@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from typing_extensions import override
 
 
@@ -36,10 +36,11 @@ class FitCurves(Callback):
     def _subset(self, trainer: pl.Trainer) -> DataLoader:
         if self._loader is None:
             dm = trainer.datamodule
-            train = dm.eval_dataset(*dm.arrays["train"])
             rng = np.random.default_rng(0)  # the same samples every epoch: a curve, not noise
-            idx = np.sort(rng.permutation(len(train))[: self.subset_size])
-            self._loader = DataLoader(Subset(train, idx.tolist()), batch_size=dm.batch_size)
+            idx = np.sort(rng.permutation(len(dm.indices["train"]))[: self.subset_size])
+            # a file source's images are decoded in workers, as in training; arrays need none
+            workers = dm.num_workers if dm.kind != "memory" else 0
+            self._loader = DataLoader(dm.eval_split("train", indices=idx), batch_size=dm.batch_size, num_workers=workers)
         return self._loader
 
     @torch.no_grad()
