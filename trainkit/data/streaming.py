@@ -1,0 +1,231 @@
+"""``data.dataset: streaming``: train from shards written by ``trainkit pack`` (LitData), in a
+local folder or an object store (``data.root: s3://bucket/prefix``).
+
+Each rank streams only its part of a split and each DataLoader worker a part of that (LitData
+assigns chunks, whole batches per worker); the training split's order is reshuffled every
+epoch from (seed, epoch). Samples are decoded (OpenCV) and augmented in the workers, the
+random draw a function of (seed, epoch, sample index), and collated as uint8; standardization
+with the statistics recorded by ``pack`` runs on the training device.
+
+Exact mid-epoch resume is kept by :class:`StreamingLoader`, a thin wrapper of LitData's
+``StreamingDataLoader`` that keeps the position itself. LitData 0.2.76 alone does not keep it
+under Lightning's fit loop: ``StreamingDataLoader.load_state_dict`` sets a ``restore`` flag
+that only the end of a fully exhausted iterator clears, and Lightning ends an epoch by count
+(``len(loader)`` batches) without exhausting it, so every epoch after a resumed one replays
+the resumed epoch's order (0 workers) or skips its first samples again (2 workers);
+``tests/test_streaming.py::test_litdata_alone_loses_the_order_after_a_resume`` shows it.
+The wrapper sets LitData's epoch and restore state from the trainer's epoch before each
+epoch, and takes the position from the batches the trainer has processed (the loader runs
+ahead of the step).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import default_collate
+
+from trainkit.data.shards import SPLITS, join, read_meta, require_litdata
+from trainkit.errors import ConfigError
+
+try:
+    from litdata import StreamingDataLoader, StreamingDataset
+except ImportError:  # optional: StreamingSource raises require_litdata's install message first
+    StreamingDataLoader = StreamingDataset = object  # type: ignore[misc,assignment]
+
+
+def seed_pipeline(pipe: Any, seed: int, epoch: int | None, index: int) -> None:
+    """Set ``pipe``'s random state from ``(seed, epoch, index)`` (``epoch`` None: evaluation)."""
+    rng = np.random.default_rng([seed % (1 << 63), 0 if epoch is None else epoch + 1, index])
+    pipe.set_random_state(rng, random.Random(int(rng.integers(1 << 62))))
+
+
+class StreamingSource:
+    """The shards under ``root`` as a source (``kind = "streaming"``): metadata known up front,
+    splits already cut when packing, inputs streamed by :meth:`loader`.
+
+    Args:
+        root: the ``trainkit pack`` output, a folder or ``s3://bucket/prefix``.
+
+    Raises:
+        ConfigError: LitData missing, or the root, its metadata or a split index missing or
+            unreadable (naming it).
+    """
+
+    kind = "streaming"
+    test = None
+
+    def __init__(self, root: str | None):
+        require_litdata("data.dataset")
+        if not root:
+            raise ConfigError("streaming needs the `trainkit pack` output: a folder or s3://bucket/prefix", "data.root")
+        self.root = str(root)
+        self.meta = read_meta(self.root, "data.root")
+        meta = self.meta
+        self.classes = tuple(meta["classes"])
+        self.input_shape = tuple(int(v) for v in meta["input_shape"])
+        self.is_image = bool(meta["is_image"])
+        self.max_value = float(meta["max_value"])
+        self.encoding = str(meta["encoding"])
+        self.split_sizes = {s: int(meta["splits"].get(s, 0)) for s in SPLITS}
+        view = (-1, 1, 1) if len(self.input_shape) == 3 else self.input_shape
+        self.stats = (np.asarray(meta["mean"], np.float32).reshape(view), np.asarray(meta["std"], np.float32).reshape(view))
+
+    def loader(self, split: str, *, batch_size: int, shuffle: bool, seed: int, rank: int, world_size: int,
+               num_workers: int, pin_memory: bool, pipeline: Any = None, augment_seed: int = 0,
+               progress: Callable[[], tuple[int, int]] | None = None) -> "StreamingLoader":
+        """A loader of split ``split`` on this rank: ``(uint8 N,C,H,W images or float N,F rows,
+        int64 labels)`` batches, resumable (:class:`StreamingLoader`).
+
+        Args:
+            batch_size, num_workers, pin_memory: as for a DataLoader.
+            shuffle: the training order (reshuffled per epoch from ``seed``); False: stored order.
+            seed: the shuffle seed.
+            rank, world_size: this process in the job (LitData reads them from torch.distributed).
+            pipeline: albumentations pipeline run per sample in the workers (None: none).
+            augment_seed: its seed; a sample's draw is a function of (augment_seed, epoch, index),
+                of (augment_seed, index) alone when not shuffling (evaluation).
+            progress: ``() -> (epoch, batches processed)`` of the trainer (None: the loader's own).
+        """
+        require_litdata("data.dataset")
+        if not self.split_sizes.get(split):
+            raise ConfigError(f"the shards under {self.root!r} hold no {split} split", "data.root")
+        # the training split drops LitData's remainder on many ranks (equal steps on every rank);
+        # evaluation keeps every sample (ranks may then differ by a batch: no collective per step)
+        drop_last = None if shuffle else False
+        dataset = StreamedSplit(join(self.root, split), self, pipeline, augment_seed, train=shuffle,
+                                shuffle=shuffle, seed=seed, drop_last=drop_last)
+        env = dataset.distributed_env
+        assert (env.world_size, env.global_rank) == (world_size, rank), (env.world_size, env.global_rank, world_size, rank)
+        return StreamingLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+                               progress=progress, seed=seed)
+
+
+def decode(sample: dict[str, Any], source: StreamingSource, pipeline: Any, seed: int, epoch: int | None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A stored sample as ``(CHW uint8 image or float array, label)``, augmented if ``pipeline``."""
+    index, label = int(sample["index"]), torch.tensor(int(sample["label"]))
+    if source.encoding != "png":
+        x = np.asarray(sample["x"], np.float32).reshape(source.input_shape)
+        if pipeline is not None:  # float images (synthetic): augmented in [0, 1] as in memory
+            seed_pipeline(pipeline, seed, epoch, index)
+            hwc = np.ascontiguousarray(x.transpose(1, 2, 0)) / np.float32(source.max_value)
+            out = pipeline(image=hwc)["image"]
+            x = (out[..., None] if out.ndim == 2 else out).transpose(2, 0, 1) * np.float32(source.max_value)
+        return torch.from_numpy(np.ascontiguousarray(x, np.float32)), label
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(sample["image"], np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f"sample {index} of the shards under {source.root!r} is not a readable image")
+    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if img.ndim == 3 else img[..., None]
+    if pipeline is not None:
+        seed_pipeline(pipeline, seed, epoch, index)
+        img = pipeline(image=img)["image"]
+        img = img[..., None] if img.ndim == 2 else img
+    # a CHW view; the collate's stack writes the contiguous batch in one copy
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), label
+
+
+
+
+class StreamedSplit(StreamingDataset):
+    """One split's shards; each sample decoded and augmented where it is read (a worker).
+
+    ``epoch`` is set by :class:`StreamingLoader` in the main process before each epoch's
+    workers start (they are never persistent, so they carry it).
+    """
+
+    def __init__(self, input_dir: str, source: StreamingSource, pipeline: Any, augment_seed: int, train: bool,
+                 **kwargs: Any):
+        super().__init__(input_dir, **kwargs)
+        self.source, self.pipeline, self.augment_seed, self.train = source, pipeline, augment_seed, train
+        self.epoch = 0
+
+    def __getitem__(self, index: Any) -> Any:
+        sample = super().__getitem__(index)
+        return decode(sample, self.source, self.pipeline, self.augment_seed, self.epoch if self.train else None)
+
+
+class StreamingLoader(StreamingDataLoader):
+    """LitData's loader with the position kept by trainkit: ``state_dict`` is the (epoch,
+    batches processed) of the trainer, with the LitData state for exactly that position.
+
+    Before each epoch it sets LitData's epoch from the trainer's (``progress``, or
+    :meth:`set_epoch` without a trainer), restarts LitData's bookkeeping unless a checkpoint of
+    this very epoch is pending, and re-seeds its own generator from (seed, epoch): creating the
+    iterator draws the workers' base seed from it, not from the global torch stream, which a
+    resumed run would otherwise reach at a different point (different dropout masks).
+    Workers are not persistent: LitData passes its epoch and resume state to them when they start.
+
+    Args:
+        dataset: a :class:`StreamedSplit`.
+        batch_size, num_workers, pin_memory: as for a DataLoader.
+        progress: ``() -> (epoch, batches processed in it)`` of the trainer, or None.
+        seed: seeds the generator per epoch.
+    """
+
+    def __init__(self, dataset: StreamedSplit, batch_size: int, num_workers: int, pin_memory: bool,
+                 progress: Callable[[], tuple[int, int]] | None = None, seed: int = 0):
+        super().__init__(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+                         persistent_workers=False, collate_fn=default_collate, generator=torch.Generator())
+        self.progress, self.seed = progress, seed
+        self.epoch = 0
+        self.served = 0  # batches yielded in the current epoch
+        self._resume: dict[str, Any] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next iteration serves (without a trainer)."""
+        self.epoch = int(epoch)
+
+    def _position(self) -> tuple[int, int]:
+        return self.progress() if self.progress is not None else (self.epoch, self.served)
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = self._position()[0]
+        self.epoch = epoch
+        self.generator.manual_seed(self.seed * 100_003 + epoch)
+        self.dataset.epoch = epoch
+        resume, self._resume = self._resume, None
+        if resume is not None and resume["epoch"] == epoch and 0 < resume["batches"] < len(self):
+            super().load_state_dict(copy.deepcopy(resume["litdata"]))  # LitData then resumes mid-epoch
+            self.served = resume["batches"]
+        else:
+            # a fresh epoch, whatever LitData's flag says (Lightning never exhausts the iterator)
+            self.restore = False
+            self.current_epoch = epoch  # LitData adds one: it counts epochs from 1
+            self.served = 0
+        for batch in super().__iter__():
+            self.served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        epoch, batches = self._position()
+        workers = max(self.num_workers, 1)
+        # LitData's own state for exactly `batches` batches (batches come round-robin from the workers)
+        self.dataset.current_epoch = epoch + 1
+        dataset = copy.deepcopy(self.dataset.state_dict(batches * self.batch_size, self.num_workers, self.batch_size))
+        litdata = {"dataset": dataset, "current_epoch": epoch + 1, "num_samples_yielded": batches * self.batch_size,
+                   "latest_worker_idx": (batches - 1) % workers if batches else 0}
+        return {"epoch": int(epoch), "batches": int(batches), "litdata": litdata}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Applied when the epoch it belongs to starts (an epoch-end position starts the next fresh).
+
+        Raises:
+            ConfigError: a mid-epoch position saved with another world size, workers or batch size.
+        """
+        saved = state["litdata"]["dataset"]
+        now = (self.dataset.distributed_env.world_size, max(self.num_workers, 1), self.batch_size)
+        then = (saved["world_size"], saved["num_workers"], saved["batch_size"])
+        if now != then and 0 < state["batches"] < len(self):
+            raise ConfigError(
+                f"the checkpoint stopped mid-epoch with world size {then[0]}, num_workers {then[1]}, batch_size "
+                f"{then[2]}; resume with those (now {now[0]}, {now[1]}, {now[2]}) or from an epoch-end checkpoint",
+                "data.num_workers",
+            )
+        self._resume = state
