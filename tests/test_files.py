@@ -1,4 +1,4 @@
-"""image_folder on PNG/JPEG files the tests write with OpenCV; torchvision sets on generated files."""
+"""The lazy image_folder on PNG/JPEG files the tests write with OpenCV; torchvision sets on generated files."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import DEFAULT_RECIPE, QUIET
+import torch
+from conftest import DEFAULT_RECIPE, QUIET, tree_digest
 
 from trainkit.cli import main
+from trainkit.data.datamodule import DataModule
 from trainkit.data.files import image_folder
+from trainkit.data.scan import scan_folder
 from trainkit.errors import ConfigError
 
 COLORS = {"blue": (255, 0, 0), "red": (0, 0, 255)}  # BGR, as OpenCV writes
@@ -30,16 +33,18 @@ def make_folder(root: Path, per_class: int = 6, size: int = 10) -> Path:
     return root
 
 
-def test_image_folder_reads_png_and_jpeg_as_rgb_with_folder_labels(tmp_path):
+def test_image_folder_scans_labels_and_sizes_and_decodes_rgb_on_demand(tmp_path):
     data = image_folder(str(make_folder(tmp_path / "imgs")))
-    assert data.classes == ("blue", "red") and data.x.shape == (12, 3, 10, 10) and data.max_value == 255
-    assert data.y.tolist() == [0] * 6 + [1] * 6
-    centre = data.x[:, :, 5, 5]
+    assert data.kind == "files" and data.classes == ("blue", "red") and data.max_value == 255
+    assert data.y.tolist() == [0] * 6 + [1] * 6 and data.common_size() == (10, 10)
+    images = np.stack([data.read(i) for i in range(12)])  # HWC RGB uint8
+    assert images.shape == (12, 10, 10, 3) and images.dtype == np.uint8
+    centre = images[:, 5, 5].astype(int)
     assert np.all(np.abs(centre[:6] - [0, 0, 255]) <= 12), "blue is RGB (0, 0, 255); JPEG is lossy"
     assert np.all(np.abs(centre[6:] - [255, 0, 0]) <= 12)
-    np.testing.assert_array_equal(data.x[1, :, 0, 0], [1, 1, 1])  # 1.png: lossless
-    grey = image_folder(str(tmp_path / "imgs"), channels=1, size=[4, 6])
-    assert grey.x.shape == (12, 1, 4, 6)
+    np.testing.assert_array_equal(images[1, 0, 0], [1, 1, 1])  # 1.png: lossless
+    grey = image_folder(str(tmp_path / "imgs"), channels=1)
+    assert grey.read(0).shape == (10, 10)
 
 
 def test_corrupt_file_is_an_error_naming_it_or_a_logged_skip(tmp_path, caplog):
@@ -61,8 +66,12 @@ def test_empty_class_folder_and_mixed_sizes_are_errors_naming_the_path(tmp_path)
     (root / "green").rmdir()
     cv2.imwrite(str(root / "red" / "big.png"), np.zeros((20, 20, 3), np.uint8))
     with pytest.raises(ConfigError, match=r"big.png' is 20x20.*data.dataset_args.size"):
-        image_folder(str(root))
-    assert image_folder(str(root), size=[10, 10]).x.shape == (13, 3, 10, 10)
+        DataModule(dataset="image_folder", root=str(root), num_workers=0, batch_size=4).setup()
+    dm = DataModule(dataset="image_folder", root=str(root), dataset_args={"size": [10, 10]}, num_workers=0, batch_size=4)
+    dm.setup()
+    assert dm.input_shape == (3, 10, 10) and dm.layout.resize["eval"] == (10, 10)
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.dtype == torch.uint8 and tuple(x.shape[1:]) == (3, 10, 10), "collated as uint8 at the model's size"
 
 
 def test_train_test_layout_gives_the_own_test_split(tmp_path):
@@ -72,11 +81,43 @@ def test_train_test_layout_gives_the_own_test_split(tmp_path):
     assert len(data.y) == 12 and data.test is not None and data.test.y.tolist() == [0, 0, 1, 1]
 
 
+def test_the_file_index_is_cached_outside_the_folder_and_rescanned_when_a_file_is_added(tmp_path, monkeypatch):
+    import trainkit.data.scan as scan
+
+    root = make_folder(tmp_path / "imgs")
+    before = tree_digest(root)
+    headers = []
+    real = scan.image_size
+    monkeypatch.setattr(scan, "image_size", lambda p: headers.append(p) or real(p))
+    first = scan_folder(root)
+    assert len(headers) == 12
+    again = scan_folder(root)
+    assert len(headers) == 12, "a second start reads no header"
+    assert np.array_equal(again.labels, first.labels) and [again.relpath(i) for i in range(12)] == [first.relpath(i) for i in range(12)]
+    assert tree_digest(root) == before and list((tmp_path / "home" / ".cache" / "trainkit" / "image_index").glob("*.npz"))
+    cv2.imwrite(str(root / "red" / "new.png"), np.zeros((10, 10, 3), np.uint8))
+    assert len(scan_folder(root)) == 13 and len(headers) == 25, "an added file changes the folder: a rescan"
+
+
+def test_a_file_that_fails_to_decode_in_a_worker_stops_the_run_naming_it(tmp_path, capsys):
+    root = make_folder(tmp_path / "imgs", per_class=20)
+    good = cv2.imencode(".png", np.zeros((10, 10, 3), np.uint8))[1].tobytes()
+    for k in range(6):  # a valid header, then truncated: found only when decoded (some land in train or val)
+        (root / "red" / f"zz{k}.png").write_bytes(good[:40])
+    args = ["fit", "--config", str(DEFAULT_RECIPE), "--data.dataset=image_folder", f"--data.root={root}",
+            "--data.batch_size=8", "--data.num_workers=2", "--data.mean=[0.5, 0.5, 0.5]", "--data.std=[0.25, 0.25, 0.25]",
+            "--trainer.logger=false", "--trainer.max_epochs=1", *QUIET]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"data.root: cannot read image '{root / 'red' / 'zz'}" in err and "Traceback" not in err
+    assert main([*args, "--data.dataset_args={skip_corrupt: true}", "--run.name=skip"]) == 0
+
+
 def test_image_folder_trains_from_the_recipe_and_bad_files_exit_2(tmp_path, capsys):
     root = make_folder(tmp_path / "imgs", per_class=20)
     args = ["fit", "--config", str(DEFAULT_RECIPE), "--data.dataset=image_folder", f"--data.root={root}",
-            "--data.batch_size=8", "--data.num_workers=0", "--data.augment={train: cifar}", *QUIET]
-    assert main([*args, "--trainer.fast_dev_run=true"]) == 0
+            "--data.batch_size=8", "--data.augment={train: cifar}", *QUIET]
+    assert main([*args, "--trainer.fast_dev_run=true"]) == 0  # the recipe's 2 workers, W&B offline
     (root / "red" / "zz.jpg").write_bytes(b"garbage")
     assert main(args) == 2
     err = capsys.readouterr().err

@@ -67,8 +67,8 @@ def test_switch_prob_picks_cutmix_or_mixup_and_prob_zero_never_mixes():
     x, y = distinct_batch()
     kinds = set()
     mixer = BatchMixer(mixup_alpha=1.0, cutmix_alpha=1.0, switch_prob=0.5, seed=0)
-    for _ in range(20):
-        mixed, _ = mixer(x, y, N)
+    for k in range(20):
+        mixed, _ = mixer(x, y, N, (0, 0, k))
         # cutmix keeps integer pixel values; mixup blends them
         kinds.add("cutmix" if torch.equal(mixed, mixed.round()) else "mixup")
     assert kinds == {"cutmix", "mixup"}
@@ -89,15 +89,20 @@ def test_loss_uses_soft_targets_while_metrics_use_hard_labels():
     torch.testing.assert_close(acc, (logits.argmax(1) == y).float().mean())
 
 
-def test_data_mix_key_mixes_training_batches_in_a_real_fit():
+def test_draws_are_a_function_of_seed_epoch_rank_and_batch(monkeypatch):
+    x, y = distinct_batch()
+    mixer = BatchMixer(mixup_alpha=1.0, cutmix_alpha=1.0, seed=3)
+    a, b = mixer(x, y, N, (1, 0, 5)), BatchMixer(mixup_alpha=1.0, cutmix_alpha=1.0, seed=3)(x, y, N, (1, 0, 5))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), "no generator state: a fresh mixer draws the same"
+    others = [mixer(x, y, N, key)[1] for key in ((2, 0, 5), (1, 1, 5), (1, 0, 6))]
+    assert all(not torch.equal(a[1], o) for o in others), "another epoch, rank or batch draws anew"
+
+    keys = []
+    real = BatchMixer.__call__
+    monkeypatch.setattr(BatchMixer, "__call__", lambda self, *a: keys.append(a[3]) or real(self, *a))
     args = ["fit", "--config", str(DEFAULT_RECIPE), "--trainer.fast_dev_run=2", "--data.num_workers=0", *QUIET]
-    cli = TrainkitCLI([*args, "--data.mix={mixup_alpha: 0.2, cutmix_alpha: 1.0}"])
-    mixer = cli.datamodule.mixer
-    fresh = BatchMixer(mixup_alpha=0.2, cutmix_alpha=1.0, seed=0)
-    # the mixer drew for the 2 training batches only (not for the 2 validation batches)
-    for _ in range(2):
-        fresh(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), 10)
-    assert mixer.rng.bit_generator.state == fresh.rng.bit_generator.state
+    TrainkitCLI([*args, "--data.mix={mixup_alpha: 0.2, cutmix_alpha: 1.0}"])
+    assert keys == [(0, 0, 0), (0, 0, 1)], "the 2 training batches, keyed (epoch, rank, batch); no validation batch"
 
 
 @pytest.mark.parametrize(

@@ -84,13 +84,25 @@ def ensemble_metrics(model: torch.nn.Module, checkpoints: list[Path], loader: It
     return out
 
 
+class _Prepared:
+    """Batches of ``loader`` with their inputs as the model takes them (file sources' uint8
+    images standardized), iterable once per member."""
+
+    def __init__(self, loader: Iterable[Any], prepare: Any):
+        self.loader, self.prepare = loader, prepare
+
+    def __iter__(self) -> Any:
+        for x, y, *_ in self.loader:
+            yield self.prepare(x), y
+
+
 def run_ensemble(cli: Any, stage: str) -> tuple[dict[str, float], dict[str, Any]]:
     """The ``--ensemble`` metrics of a TrainkitCLI's run on ``stage``'s split, and what it used."""
     from trainkit.callbacks.snapshots import snapshot_paths
 
     paths = snapshot_paths(cli.run_dir.checkpoints)
     dm = cli.datamodule
-    loader = dm.test_dataloader() if stage == "test" else dm.val_dataloader()
+    loader = _Prepared(dm.test_dataloader() if stage == "test" else dm.val_dataloader(), dm.prepare_inputs)
     hp = cli.model.hparams
     metrics = ensemble_metrics(cli.model, paths, loader, stage, hp.num_classes, cli.trainer.strategy.root_device,
                                hp.auroc_thresholds)

@@ -17,15 +17,19 @@ import torch
 PLOTS = ("confusion_matrix", "roc", "pr")
 
 
-def predict_split(model: torch.nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities ``(N, C)`` and labels ``(N,)`` of every batch of ``loader``."""
+def predict_split(model: torch.nn.Module, loader: Any, prepare: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities ``(N, C)`` and labels ``(N,)`` of every batch of ``loader``.
+
+    ``prepare``: the data module's ``prepare_inputs`` (file sources' uint8 batches are
+    standardized on the device, as in training)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     probs, labels = [], []
     with torch.no_grad():
         for x, y, *_ in loader:
-            probs.append(model(x.to(device)).float().softmax(dim=-1).cpu())
+            x = x.to(device)
+            probs.append(model(prepare(x) if prepare else x).float().softmax(dim=-1).cpu())
             labels.append(y)
     model.train(was_training)
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()
@@ -69,7 +73,7 @@ def evaluation_plots(trainer: Any, model: torch.nn.Module, datamodule: Any, run_
     """
     if not trainer.is_global_zero:
         return {}
-    probs, labels = predict_split(model, datamodule.test_dataloader())
+    probs, labels = predict_split(model, datamodule.test_dataloader(), datamodule.prepare_inputs)
     classes = [str(c) for c in datamodule.data.classes]
     paths = save_plots(run_dir, probs, labels, classes)
     _log_wandb(trainer, probs, labels, classes, paths)

@@ -207,6 +207,8 @@ def _raw_inputs(dataset: Any) -> np.ndarray:
     """The un-augmented inputs of a split (TensorDataset or trainkit's AugmentedImages)."""
     if hasattr(dataset, "tensors"):
         return dataset.tensors[0].numpy()
+    if hasattr(dataset, "raw_inputs"):  # a file source's split: a bounded sample, decoded
+        return dataset.raw_inputs()
     return np.asarray(dataset.x)
 
 

@@ -106,7 +106,7 @@ def fit_report(trainer: Any, best_checkpoint: str, num_classes: int) -> dict[str
     curves = next((c for c in trainer.callbacks if isinstance(c, FitCurves)), None)
     if curves is not None and curves.val_loss:
         v = fit_verdict(curves.val_loss, curves.train_loss, num_classes, bool(out["fit/early_stopped"]))
-        n = min(curves.subset_size, len(trainer.datamodule.arrays["train"][1]))
+        n = min(curves.subset_size, len(trainer.datamodule.indices["train"]))
         v["line"] = (
             f"{v['verdict']}: {v['reason']} (train loss measured as val loss is: eval mode, no "
             f"regularization terms, on {n} training samples)"

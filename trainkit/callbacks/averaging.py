@@ -123,6 +123,8 @@ class WeightAveraging(Callback):
             dm = trainer.datamodule
             loader = dm.train_dataloader() if dm is not None else trainer.train_dataloader
             if loader is not None:
+                if dm is not None:  # file sources' uint8 batches standardized, as in training
+                    loader = (dm.prepare_inputs(batch[0]) for batch in loader)
                 update_bn(loader, self.averaged.module, device=pl_module.device)
             self._bn_fresh = True
         return self.averaged.module.state_dict()

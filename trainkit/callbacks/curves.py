@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from typing_extensions import override
 
 
@@ -36,10 +36,9 @@ class FitCurves(Callback):
     def _subset(self, trainer: pl.Trainer) -> DataLoader:
         if self._loader is None:
             dm = trainer.datamodule
-            train = dm.eval_dataset(*dm.arrays["train"])
             rng = np.random.default_rng(0)  # the same samples every epoch: a curve, not noise
-            idx = np.sort(rng.permutation(len(train))[: self.subset_size])
-            self._loader = DataLoader(Subset(train, idx.tolist()), batch_size=dm.batch_size)
+            idx = np.sort(rng.permutation(len(dm.indices["train"]))[: self.subset_size])
+            self._loader = DataLoader(dm.eval_split("train", indices=idx), batch_size=dm.batch_size)
         return self._loader
 
     @torch.no_grad()

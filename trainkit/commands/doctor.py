@@ -92,7 +92,9 @@ def run_doctor(args: list[str], overfit_steps: int = 100, sweep_steps: int = 60)
     torch.manual_seed(0)
     num_classes = dm.num_classes
     bs = min(dm.batch_size, 128)
-    train_loader = DataLoader(dm.splits["train"], batch_size=bs, shuffle=True, generator=torch.Generator().manual_seed(0))
+    # file sources: samples standardized on the host (training standardizes them on the device)
+    train = dm.splits["train"] if dm.kind == "memory" else dm.eval_split("train")
+    train_loader = DataLoader(train, batch_size=bs, shuffle=True, generator=torch.Generator().manual_seed(0))
     batches = list(islice(dc.cycle(train_loader), 8))
     batch = batches[0]
     net = model.net

@@ -5,14 +5,18 @@ augmentations``) or a pipeline in albumentations' own serialization format (``A.
 ``A.from_dict`` loads it). Pipelines run per sample on HWC images scaled to ``[0, 1]``; the
 data module standardizes afterwards.
 
-albumentations ignores global seeds, so every pipeline gets ``Compose(seed=...)`` from the
-recipe seed; eval pipelines are re-seeded per sample index, so evaluation is the same every
-epoch even when an eval pipeline is random (test-time augmentation).
+albumentations ignores global seeds (and seeds in DataLoader workers restart from the pipeline's
+seed), so no sample draws from a running stream: :func:`seed_pipeline` sets the pipeline's
+random state from (seed, epoch, sample index) before each training sample (the training
+sampler yields ``(epoch, index)`` keys, so workers hold no epoch state), and from (seed,
+index) before each evaluation sample. The draws are then distinct across samples, workers and
+epochs, the same for any ``num_workers`` or ``persistent_workers``, and the same after a resume.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from typing import Any, Callable
 
 import albumentations as A
@@ -106,6 +110,43 @@ def build_pipeline(spec: str | dict[str, Any] | None, h: int, w: int, seed: int,
     return pipe
 
 
+def seed_pipeline(pipe: A.Compose, seed: int, epoch: int | None, index: int) -> None:
+    """Set ``pipe``'s random state to a function of ``(seed, epoch, index)`` (``epoch`` None:
+    an evaluation draw, fixed per index). One NumPy and one Python generator are shared by
+    every transform (``set_random_state``), cheaper than ``set_random_seed``'s one per transform.
+    """
+    rng = np.random.default_rng([seed % (1 << 63), 0 if epoch is None else epoch + 1, index])
+    pipe.set_random_state(rng, random.Random(int(rng.integers(1 << 62))))
+
+
+def forced_on(pipe: A.Compose) -> A.Compose:
+    """A copy of ``pipe`` with every transform's probability set to 1 (size checks: a
+    ``Resize`` albumentations applies with p 0.5 must not pass a check half of the time)."""
+
+    def force(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: (1.0 if k == "p" else force(v)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [force(v) for v in node]
+        return node
+
+    return A.from_dict(force(A.to_dict(pipe)))
+
+
+def output_shapes(pipe: A.Compose, shapes: list[tuple[int, ...]], dtype: Any, draws: int = 3) -> set[tuple[int, int]]:
+    """The ``(h, w)`` sizes ``pipe`` gives, every transform forced on, for inputs of ``shapes``
+    (HWC) over a few seeded draws (to meet each branch of a OneOf)."""
+    probe = forced_on(pipe)
+    rng = np.random.default_rng(0)
+    out = set()
+    for shape in shapes:
+        img = rng.integers(0, 256, shape).astype(np.uint8) if dtype == np.uint8 else rng.random(shape, dtype=np.float32)
+        for d in range(draws):
+            seed_pipeline(probe, 0, None, d)
+            out.add(tuple(int(v) for v in probe(image=img)["image"].shape[:2]))
+    return out
+
+
 def pipeline_dict(pipe: A.Compose | None) -> dict[str, Any] | None:
     """``A.to_dict`` as plain YAML/JSON types (tuples become lists), loadable by ``A.from_dict``."""
     return None if pipe is None else json.loads(json.dumps(A.to_dict(pipe)))
@@ -120,29 +161,34 @@ class AugmentedImages(Dataset):
         pipeline: the albumentations pipeline (on HWC images in ``[0, 1]``).
         max_value: pixel scale of ``x``.
         mean, std: standardization statistics ``C,1,1`` of the raw training images.
-        reseed: re-seed the pipeline with ``seed + index`` per sample (eval: same output every epoch).
+        seed: the augmentation seed.
+        train: a training split: a key ``(epoch, i)`` (the training sampler's) draws from
+            (seed, epoch, i); a plain index ``i`` draws afresh each time (previews). Otherwise
+            every key draws from (seed, i): evaluation is the same every epoch.
     """
 
     def __init__(
         self, x: np.ndarray, y: np.ndarray, pipeline: A.Compose, max_value: float,
-        mean: np.ndarray, std: np.ndarray, reseed: int | None = None,
+        mean: np.ndarray, std: np.ndarray, seed: int = 0, train: bool = True,
     ):
         self.x, self.y, self.pipeline, self.max_value = x, y, pipeline, max_value
-        self.mean, self.std, self.reseed = mean, std, reseed
+        self.mean, self.std, self.seed, self.train = mean, std, seed, train
 
     def __len__(self) -> int:
         return len(self.y)
 
-    def image(self, i: int) -> np.ndarray:
-        """Sample ``i`` augmented, HWC in the ``[0, 1]`` scale albumentations works in."""
-        if self.reseed is not None:
-            self.pipeline.set_random_seed(self.reseed + i)
+    def image(self, key: Any) -> np.ndarray:
+        """Sample ``key`` augmented, HWC in the ``[0, 1]`` scale albumentations works in."""
+        epoch, i = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (None, int(key))
+        if epoch is not None or not self.train:
+            seed_pipeline(self.pipeline, self.seed, epoch, i)
         img = np.ascontiguousarray(self.x[i].transpose(1, 2, 0)) / np.float32(self.max_value)
         out = self.pipeline(image=img)["image"]
         return out[..., None] if out.ndim == 2 else out
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        i = int(key[1]) if isinstance(key, (tuple, list)) else int(key)
         # contiguous CHW before the arithmetic: broadcasting over the strided view is ~2.5x slower
-        img = np.ascontiguousarray(self.image(i).transpose(2, 0, 1)) * np.float32(self.max_value)
+        img = np.ascontiguousarray(self.image(key).transpose(2, 0, 1)) * np.float32(self.max_value)
         x = (img - self.mean) / self.std
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.tensor(self.y[i])

@@ -1,6 +1,10 @@
-"""``DataModule``: resolves a dataset by name, splits it, standardizes it, and loads batches.
+"""``DataModule``: resolves a source by name, splits it, standardizes it, and loads batches.
 
-Its typed ``__init__`` arguments are the ``data.*`` keys of a recipe.
+Its typed ``__init__`` arguments are the ``data.*`` keys of a recipe. Every dataset is a
+source (:mod:`trainkit.data.sources`): its labels are known up front, so splits are index
+arrays over them; in-memory sources are standardized once on the host, file sources are read
+per sample in DataLoader workers and standardized on the training device after the transfer
+(:meth:`DataModule.on_after_batch_transfer`).
 """
 
 from __future__ import annotations
@@ -13,102 +17,56 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from trainkit.data.augment import PIPELINE_SPLITS, AugmentedImages, build_pipeline, check_augment
+from trainkit.data.augment import AugmentedImages, check_augment
 from trainkit.data.datasets import DATASETS, ArrayData
+from trainkit.data.layout import Layout, file_layout, memory_layout
 from trainkit.data.loader import EpochSampler, ResumableLoader
 from trainkit.data.memory import MemoryLoader, batch_augment, check_loader, device_tensors
 from trainkit.data.mixing import BatchMixer
+from trainkit.data.samples import CheckedLoader, Collate, SourceSamples, Unreadable, channel_sums
+from trainkit.data.sources import kind_of
+from trainkit.data.splits import SPLITS, check_labels, kfold_split, stratified_split
+from trainkit.data.stats import Standardize, from_sums, given_stats, standardization_stats
+from trainkit.data.tables import Table
+from trainkit.data.user import is_class_path, load_user_dataset
 from trainkit.errors import ConfigError
 from trainkit.optim.ramp import check_batch_ramp, ramped_batch_size
 from trainkit.registry import check_kwargs
 
-SPLITS = ("train", "val", "test")
+__all__ = ["SPLITS", "DataModule", "kfold_split", "standardization_stats", "stratified_split"]
 
 
-def stratified_split(
-    y: np.ndarray, val_fraction: float, test_fraction: float, seed: int
-) -> dict[str, np.ndarray]:
-    """Seeded stratified train/val/test indices.
+class HostStandardized(Dataset):
+    """A file split standardized per sample on the host: ``(float32 input, label)``, for the
+    loops that feed the model themselves (predictions, the fit verdict's training subset)."""
 
-    Each class is shuffled and cut so that its count in every split is within one sample of
-    its exact share (largest-remainder rounding per class, ties broken at random so that the
-    split sizes do not drift towards one split). scikit-learn's two-stage ``train_test_split``
-    does not promise that.
+    def __init__(self, samples: Dataset, standardize: Standardize, skip_corrupt: bool = False):
+        self.samples, self.standardize, self.skip_corrupt = samples, standardize, skip_corrupt
 
-    >>> idx = stratified_split(np.repeat([0, 1], 50), 0.2, 0.2, seed=0)
-    >>> [len(idx[s]) for s in ("train", "val", "test")]
-    [60, 20, 20]
-    """
-    rng = np.random.default_rng(seed)
-    fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
-    parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
-    for c in np.unique(y):
-        members = rng.permutation(np.flatnonzero(y == c))
-        share = len(members) * fractions
-        counts = np.floor(share).astype(int)
-        remainder = share - counts
-        # hand the leftover samples to the splits with the largest remainders (random ties)
-        order = np.lexsort((rng.random(3), -remainder))
-        counts[order[: len(members) - counts.sum()]] += 1
-        for split, piece in zip(SPLITS, np.split(members, np.cumsum(counts)[:-1])):
-            parts[split].append(piece)
-    return {s: np.sort(np.concatenate(parts[s])) for s in SPLITS}
+    def __len__(self) -> int:
+        return len(self.samples)
 
-
-def kfold_split(y: np.ndarray, test_fraction: float, folds: int, fold: int, seed: int) -> dict[str, np.ndarray]:
-    """Stratified k-fold: a held-out test split, then fold ``fold`` of the rest is val, the others train.
-
-    >>> idx = kfold_split(np.repeat([0, 1], 50), 0.2, folds=4, fold=1, seed=0)
-    >>> [len(idx[s]) for s in ("train", "val", "test")]
-    [60, 20, 20]
-    """
-    from sklearn.model_selection import StratifiedKFold
-
-    outer = stratified_split(y, 0.0, test_fraction, seed)
-    rest = outer["train"]
-    try:
-        cuts = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(rest, y[rest]))
-    except ValueError as e:  # e.g. fewer members in a class than folds
-        raise ConfigError(str(e), "data.folds") from None
-    train, val = cuts[fold]
-    return {"train": np.sort(rest[train]), "val": np.sort(rest[val]), "test": outer["test"]}
-
-
-def standardization_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std per channel (images ``N,C,H,W``) or per feature (tables ``N,F``).
-
-    Constant channels get std 1, so they map to zero instead of dividing by zero.
-    """
-    axes = (0, 2, 3) if x.ndim == 4 else (0,)
-    mean = x.mean(axis=axes, keepdims=True)
-    std = x.std(axis=axes, keepdims=True)
-    std[std < 1e-8] = 1.0
-    return mean.squeeze(0), std.squeeze(0)
-
-
-def check_labels(data: ArrayData, name: str) -> None:
-    """Labels must be integers in ``[0, len(classes))``, in every part of the dataset."""
-    for part in (data, data.test):
-        if part is None:
-            continue
-        y = part.y
-        if len(y) != len(part.x):
-            raise ConfigError(f"{name}: {len(part.x)} inputs but {len(y)} labels", "data.dataset")
-        bad = y[(y < 0) | (y >= len(data.classes))] if np.issubdtype(y.dtype, np.integer) else y
-        if len(bad):
-            raise ConfigError(
-                f"{name}: label {bad[0].item()!r} is out of range; labels must be integers in [0, {len(data.classes)})",
-                "data.dataset",
-            )
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        item = self.samples[i]
+        for k in range(1, len(self.samples) if self.skip_corrupt else 0):
+            if not isinstance(item, Unreadable):
+                break  # these loops cannot drop a sample from a batch: the next readable one stands in
+            item = self.samples[(i + k) % len(self.samples)]
+        if isinstance(item, Unreadable):
+            raise ConfigError(f"cannot read image {item.path!r} (corrupt or not an image); remove it or set "
+                              "data.dataset_args.skip_corrupt: true", "data.root")
+        x, y = item
+        return self.standardize(x[None])[0], y
 
 
 class DataModule(pl.LightningDataModule):
-    """Splits, standardization and loaders for a dataset from the registry.
+    """Splits, standardization and loaders for a source.
 
     Args:
-        dataset: dataset registry name (``trainkit list datasets``).
+        dataset: dataset registry name (``trainkit list datasets``), or the class path of a
+            callable returning your own map-style Dataset (:mod:`trainkit.data.user`).
         batch_size: samples per batch per device.
         val_fraction: fraction of the data held out for validation (stratified).
         test_fraction: fraction held out for the final test (stratified); only
@@ -121,7 +79,7 @@ class DataModule(pl.LightningDataModule):
         persistent_workers: keep workers alive between epochs (when ``num_workers > 0``).
         batch_ramp: ``{milestones: [epochs], factor: 2}``: multiply the training batch by
             ``factor`` at each milestone epoch instead of decaying the lr (``null``: off).
-        root: folder of ``image_folder`` and the torchvision sets.
+        root: folder of ``image_folder`` and the torchvision sets; file of ``table``.
         download: let a torchvision set download its files into ``root``.
         dataset_args: further keyword arguments of the dataset (``trainkit list datasets``),
             e.g. ``{shape: [3, 16, 16], num_classes: 4}`` for ``synthetic``.
@@ -136,6 +94,10 @@ class DataModule(pl.LightningDataModule):
         seed: seed of the augmentation and mixing streams; linked from ``seed_everything``.
         standardize: standardize inputs with the training split's statistics; ``false`` feeds
             them raw (for data already scaled; ``trainkit doctor`` warns when they are not).
+        stats_sample: training images of a file source the statistics are computed from (a
+            seeded sample; ``null``: all); in-memory sources always use the whole split.
+        mean, std: per channel (or feature) statistics in the ``[0, 1]`` scale of the inputs
+            instead of computed ones; ``mean`` may name a set (``imagenet``, ``cifar10``).
         permute_labels: shuffle the labels across samples before splitting (a randomization
             test: a model that still fits the training split memorizes; nothing generalizes).
         loader: ``dataloader`` (per-sample loading, any augmentation) or ``memory`` (the fast
@@ -166,25 +128,13 @@ class DataModule(pl.LightningDataModule):
         standardize: bool = True,
         permute_labels: bool = False,
         loader: str = "dataloader",
+        stats_sample: int | None = 1000,
+        mean: list[float] | str | None = None,
+        std: list[float] | None = None,
     ):
         super().__init__()
-        self.loader = check_loader(loader)  # before `loader` below names the dataset's loader
-        try:
-            loader = DATASETS.get(dataset)
-        except ConfigError as e:
-            raise e.with_key("data.dataset") from None
-        load_args = dict(dataset_args or {})
-        try:
-            check_kwargs(loader, load_args, f"dataset {dataset!r}", skip=("root", "download"))
-        except ConfigError as e:
-            raise e.with_key("data.dataset_args") from None
-        for key, value in (("root", root), ("download", download)):
-            if value not in (None, False):
-                users = [n for n in DATASETS.names() if key in inspect.signature(DATASETS.get(n)).parameters]
-                if dataset not in users:
-                    raise ConfigError(f"dataset {dataset!r} takes no {key} (datasets that do: {', '.join(users)})", f"data.{key}")
-                load_args[key] = value
-        self._load = lambda: loader(**load_args)
+        self.loader = check_loader(loader)
+        self._load = _source_loader(dataset, dataset_args, root, download)
         if folds is not None and (folds < 2 or not 0 <= fold < folds):
             raise ConfigError(f"need folds >= 2 and 0 <= fold < folds, got folds={folds}, fold={fold}", "data.folds")
         self.augment = check_augment(augment)
@@ -204,6 +154,9 @@ class DataModule(pl.LightningDataModule):
             )
         if num_workers < 0:
             raise ConfigError(f"must be >= 0, got {num_workers}", "data.num_workers")
+        if stats_sample is not None and stats_sample < 1:
+            raise ConfigError(f"must be >= 1 or null (all), got {stats_sample}", "data.stats_sample")
+        self.stats_sample, self.given = stats_sample, (mean, std)
         self.dataset_name = dataset
         self.batch_size = batch_size
         self.val_fraction = val_fraction
@@ -220,23 +173,51 @@ class DataModule(pl.LightningDataModule):
         self.memory_augment: Any = None
         self._on_device: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self.splits: dict[str, Dataset] = {}
-        self.pipelines: dict[str, Any] = {}
         self.whitener: Any = None
+        self.standardizer: Standardize | None = None  # file sources: applied on the device
+        self.table: Table | None = None
         self.mean: np.ndarray | None = None
         self.std: np.ndarray | None = None
 
     @cached_property
-    def data(self) -> ArrayData:
-        """The whole dataset, loaded once."""
-        return self._load()
+    def data(self) -> Any:
+        """The source (:mod:`trainkit.data.sources`), loaded once; a table encoded with the
+        categories of its training split."""
+        source = self._load()
+        if isinstance(source, Table):
+            self.table = source
+            return source.fit(self._split(source.y, own_test=False)["train"])
+        return source
+
+    @property
+    def kind(self) -> str:
+        """The source's kind: ``memory`` or ``files``."""
+        return kind_of(self.data)
 
     @property
     def num_classes(self) -> int:
         return len(self.data.classes)
 
+    @cached_property
+    def layout(self) -> Layout:
+        """The model's input shape, the pipelines and how images reach that shape."""
+        build = memory_layout if self.kind == "memory" else file_layout
+        return build(self.data, self.augment, self.seed)
+
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return self.data.input_shape
+        return self.layout.shape
+
+    @property
+    def pipelines(self) -> dict[str, Any]:
+        return self.layout.pipelines
+
+    def _split(self, y: np.ndarray, own_test: bool) -> dict[str, np.ndarray]:
+        # the dataset's own test split replaces the stratified one
+        test_fraction = 0.0 if own_test else self.test_fraction
+        if self.folds:
+            return kfold_split(y, test_fraction, self.folds, self.fold, self.split_seed)
+        return stratified_split(y, self.val_fraction, test_fraction, self.split_seed)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -244,33 +225,30 @@ class DataModule(pl.LightningDataModule):
         data = self.data
         check_labels(data, self.dataset_name)
         self._check_data_options(data)
-        # the dataset's own test split replaces the stratified one
-        test_fraction = 0.0 if data.test is not None else self.test_fraction
-        if self.folds:
-            idx = kfold_split(data.y, test_fraction, self.folds, self.fold, self.split_seed)
-        else:
-            idx = stratified_split(data.y, self.val_fraction, test_fraction, self.split_seed)
+        idx = self._split(data.y, own_test=data.test is not None)
         y = np.random.default_rng(self.split_seed).permutation(data.y) if self.permute_labels else data.y
-        arrays = {s: (data.x[idx[s]], y[idx[s]]) for s in SPLITS}
+        # (source part, indices into it, labels) per split
+        parts = {s: (data, idx[s], y[idx[s]]) for s in SPLITS}
         if data.test is not None:
-            arrays["test"] = (data.test.x, data.test.y)
-        self.arrays = arrays  # raw splits, for eval_dataset (predict, the fit verdict)
-        # statistics of the (un-augmented) training split only: val/test must not leak into preprocessing
-        self.mean, self.std = standardization_stats(arrays["train"][0])
-        if not self.standardize:
-            self.mean, self.std = np.zeros_like(self.mean), np.ones_like(self.std)
+            parts["test"] = (data.test, np.arange(len(data.test.y)), np.asarray(data.test.y))
+        self.indices = {s: p[1] for s, p in parts.items()}
+        layout = self.layout
+        if self.kind == "memory":
+            self.arrays = {s: (src.x[i], lab) for s, (src, i, lab) in parts.items()}  # raw splits (in memory)
+        self.mean, self.std = self._statistics(parts["train"])
         if self.whiten:
             from sklearn.decomposition import PCA
 
-            self.whitener = PCA(whiten=True, random_state=0).fit((arrays["train"][0] - self.mean) / self.std)
-        h, w = data.x.shape[-2:]
-        self.pipelines = {s: build_pipeline(self.augment[s], h, w, self.seed, f"data.augment.{s}") for s in PIPELINE_SPLITS}
-        if self.loader == "memory":
-            fill = torch.from_numpy((-self.mean / self.std).reshape(-1).astype(np.float32)) if data.is_image else None
-            self.memory_augment = batch_augment(self.pipelines["train"], h, w, fill)
-        for split in SPLITS:
-            self.splits[split] = self._dataset(split, *arrays[split], data.max_value)
-        n_train = len(arrays["train"][1])
+            self.whitener = PCA(whiten=True, random_state=0).fit((self.arrays["train"][0] - self.mean) / self.std)
+        if self.kind != "memory":
+            self.standardizer = Standardize(self.mean, self.std)
+        if self.loader == "memory" and len(layout.shape) == 3:
+            c, h, w = layout.shape
+            fill = torch.from_numpy((-self.mean / self.std).reshape(-1).astype(np.float32))
+            self.memory_augment = batch_augment(layout.pipelines["train"], h, w, fill)
+        for split, part in parts.items():
+            self.splits[split] = self._dataset(split, *part)
+        n_train = len(parts["train"][2])
         if n_train < self.batch_size:
             raise ConfigError(
                 f"{self.batch_size} is larger than the training split ({n_train} samples of {self.dataset_name})",
@@ -279,41 +257,126 @@ class DataModule(pl.LightningDataModule):
         if self.batch_ramp and n_train < (largest := ramped_batch_size(self.batch_size, *self.batch_ramp, 1 << 30)):
             raise ConfigError(f"ramps the batch to {largest}, more than the training split ({n_train})", "data.batch_ramp")
 
-    def _check_data_options(self, data: ArrayData) -> None:
+    def _statistics(self, train: tuple[Any, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Standardization statistics of the training split only (val/test must not leak into
+        preprocessing): given in the recipe, of the whole split (memory), or of a sample (files)."""
+        shape = self.layout.shape
+        given = given_stats(*self.given, shape, self.data.max_value)
+        if not self.standardize:
+            view = (-1, 1, 1) if len(shape) == 3 else shape
+            return np.zeros(shape[0], np.float32).reshape(view), np.ones(shape[0], np.float32).reshape(view)
+        if given is not None:
+            return given
+        if self.kind == "memory":
+            return standardization_stats(self.arrays["train"][0])
+        source, idx, labels = train
+        n = len(idx) if self.stats_sample is None else min(self.stats_sample, len(idx))
+        pick = np.sort(np.random.default_rng(self.split_seed).permutation(len(idx))[:n])
+        hw = tuple(shape[1:]) if len(shape) == 3 else None
+        plain = SourceSamples(source, idx[pick], labels[pick], None, self.seed, hw)
+        loader = DataLoader(plain, batch_size=32, num_workers=self.num_workers, collate_fn=channel_sums)
+        total = 0.0
+        for sums, bad in loader:  # summed per batch in the workers: no image reaches this process
+            if bad and not getattr(source, "skip_corrupt", False):
+                raise ConfigError(f"cannot read image {bad[0]!r} (corrupt or not an image); remove it or set "
+                                  "data.dataset_args.skip_corrupt: true", "data.root")
+            total = total + sums
+        mean, std = from_sums(total)
+        return (mean, std) if len(shape) == 3 else (mean.reshape(shape), std.reshape(shape))
+
+    def _check_data_options(self, data: Any) -> None:
         if not data.is_image:
             for key, on in (("data.augment", any(self.augment.values())), ("data.mix.cutmix_alpha", self.mixer and self.mixer.cutmix_alpha)):
                 if on:
-                    raise ConfigError(f"needs images; {self.dataset_name} is a table of shape {data.input_shape}", key)
+                    raise ConfigError(f"needs images; {self.dataset_name} is a table of shape {self.input_shape}", key)
         elif self.whiten:
             raise ConfigError(f"PCA whitening is for tables; {self.dataset_name} holds images", "data.whiten")
+        if self.whiten and self.kind != "memory":
+            raise ConfigError(f"PCA whitening needs an in-memory table; {self.dataset_name} is read from files", "data.whiten")
 
-    def _dataset(self, split: str, x: np.ndarray, y: np.ndarray, max_value: float) -> Dataset:
-        """Standardized tensors, or per-sample augmentation when the split has a pipeline."""
-        pipeline = self.pipelines["train" if split == "train" else "eval"]
+    def _dataset(self, split: str, source: Any, idx: np.ndarray, y: np.ndarray) -> Dataset:
+        """The split as the loaders read it: standardized tensors (memory, no pipeline),
+        per-sample augmentation of in-memory images, or per-sample reading of a file source."""
+        which = "train" if split == "train" else "eval"
+        pipeline = self.layout.pipelines[which]
+        if self.kind != "memory":
+            samples = SourceSamples(source, idx, y, pipeline, self.seed, self.layout.resize[which])
+            return self._materialized(samples) if self.loader == "memory" else samples
+        x = source.x[idx]
         if pipeline is None or self.loader == "memory":  # memory: batched ops on the device instead
             z = (x - self.mean) / self.std
             if self.whitener is not None:
                 z = self.whitener.transform(z.reshape(len(z), -1))
             return TensorDataset(torch.from_numpy(z.astype(np.float32)), torch.from_numpy(y))
-        ds = AugmentedImages(x, y, pipeline, max_value, self.mean, self.std, reseed=None if split == "train" else self.seed)
-        if len(ds) and tuple(ds[0][0].shape) != x.shape[1:]:
-            key = f"data.augment.{'train' if split == 'train' else 'eval'}"
-            raise ConfigError(f"the pipeline turns {x.shape[1:]} images into {tuple(ds[0][0].shape)}; it must keep the size", key)
-        return ds
+        return AugmentedImages(x, y, pipeline, source.max_value, self.mean, self.std, self.seed, train=split == "train")
+
+    def _materialized(self, samples: SourceSamples) -> TensorDataset:
+        """A file split decoded whole (``data.loader: memory``): standardized float tensors."""
+        loader = CheckedLoader(samples, batch_size=256, num_workers=self.num_workers, collate_fn=self._collate("eval"))
+        xs, ys = zip(*((self.standardizer(x), y) for x, y in loader)) if len(samples) else ((), ())
+        return TensorDataset(torch.cat(xs), torch.cat(ys))
+
+    def _collate(self, split: str) -> Collate | None:
+        if self.kind == "memory":
+            return None
+        return Collate(getattr(self.data, "skip_corrupt", False), f"data.augment.{'train' if split == 'train' else 'eval'}")
 
     def eval_dataset(self, x: np.ndarray, y: np.ndarray | None = None) -> Dataset:
         """Raw inputs (dataset units) preprocessed as val/test are: training-split statistics,
         whitening, eval pipeline. ``y``: labels, or ``None`` (zeros) for unlabelled inputs."""
         y = np.zeros(len(x), dtype=np.int64) if y is None else y
-        return self._dataset("eval", np.asarray(x, dtype=np.float32), y, self.data.max_value)
+        data = ArrayData(np.asarray(x, dtype=np.float32), y, self.data.classes, self.data.max_value)
+        if self.kind == "memory":
+            return self._dataset("eval", data, np.arange(len(y)), y)
+        x8 = np.clip(np.rint(data.x), 0, 255).astype(np.uint8)  # files decode to 8-bit pixels
+
+        class Arrays:  # the inputs as a file source of decoded images
+            kind, is_image, test = "files", True, None
+
+            def read(self, i: int) -> np.ndarray:
+                return np.ascontiguousarray(x8[i].transpose(1, 2, 0))
+
+            def describe(self, i: int) -> str:
+                return f"input {i}"
+
+        return self.eval_split(None, SourceSamples(Arrays(), np.arange(len(y)), y, self.layout.pipelines["eval"],
+                                                   self.seed, self.layout.resize["eval"]))
+
+    def eval_split(self, split: str | None, samples: Dataset | None = None, indices: np.ndarray | None = None) -> Dataset:
+        """Split ``split`` (positions ``indices`` of it) preprocessed as validation data, yielding
+        standardized float inputs on the host whatever the source: for loops that feed the
+        model themselves (predictions, the fit verdict's training subset)."""
+        if samples is None:
+            if self.kind == "memory" and split in getattr(self, "arrays", {}):
+                samples = self.eval_dataset(*self.arrays[split])
+            else:
+                source = self.data.test if split == "test" and self.data.test is not None else self.data
+                labels = np.asarray(self.splits[split].y)
+                samples = SourceSamples(source, self.indices[split], labels, self.layout.pipelines["eval"], self.seed,
+                                        self.layout.resize["eval"])
+        if indices is not None:
+            samples = Subset(samples, np.asarray(indices).tolist())
+        if self.standardizer is None:
+            return samples
+        return HostStandardized(samples, self.standardizer, getattr(self.data, "skip_corrupt", False))
+
+    def prepare_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of inputs as the model takes them, on the batch's device: file sources'
+        uint8 images (or raw floats) standardized; in-memory inputs are already."""
+        return self.standardizer(x) if self.standardizer is not None and self.loader != "memory" else x
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # mixing runs here, on the training device, on training batches only
+        # on the training device: file sources' uint8 batches standardized, then (training
+        # batches only) mixing, its draws a function of (seed, epoch, batch index)
+        x, y, *rest = batch
+        x = self.prepare_inputs(x)
         if self.mixer is not None and self.trainer is not None and self.trainer.training:
-            x, y = batch
-            x, soft = self.mixer(x, y, self.num_classes)
+            loop = self.trainer.fit_loop.epoch_loop
+            # this batch's index in the epoch: Lightning counts it ready right after this hook
+            k = loop.batch_progress.current.ready
+            x, soft = self.mixer(x, y, self.num_classes, (self.trainer.current_epoch, self.trainer.global_rank, k))
             return x, y, soft
-        return batch
+        return (x, y, *rest)
 
     def _loader(self, split: str, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         if self.loader == "memory":
@@ -326,13 +389,16 @@ class DataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=pin,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
+            collate_fn=self._collate(split),
         )
         if not shuffle:
             # a private generator: evaluation loaders leave the global random stream untouched
-            return DataLoader(self.splits[split], generator=torch.Generator().manual_seed(self.seed), **kwargs)
-        return ResumableLoader(self.splits[split], sampler=self._sampler(split), progress=self._batches_processed, **kwargs)
+            return CheckedLoader(self.splits[split], generator=torch.Generator().manual_seed(self.seed), **kwargs)
+        # datasets that draw per sample get (epoch, index) keys: workers need no epoch state
+        keyed = not isinstance(self.splits[split], TensorDataset)
+        return ResumableLoader(self.splits[split], sampler=self._sampler(split, keyed), progress=self._batches_processed, **kwargs)
 
-    def _sampler(self, split: str) -> EpochSampler:
+    def _sampler(self, split: str, keyed: bool = False) -> EpochSampler:
         # Seeded as Lightning's own injected sampler; Lightning calls set_epoch every epoch.
         if self.trainer is not None:
             world, rank = self.trainer.world_size, self.trainer.global_rank
@@ -341,7 +407,7 @@ class DataModule(pl.LightningDataModule):
         else:
             world, rank = 1, 0
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        return EpochSampler(self.splits[split], num_replicas=world, rank=rank, seed=seed)
+        return EpochSampler(self.splits[split], num_replicas=world, rank=rank, seed=seed, keyed=keyed)
 
     def _memory_loader(self, split: str, shuffle: bool, batch_size: int) -> MemoryLoader:
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
@@ -380,3 +446,34 @@ class DataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def _source_loader(dataset: str, dataset_args: dict[str, Any] | None, root: str | None, download: bool) -> Any:
+    """A function that loads the source ``data.dataset`` names, its arguments checked now.
+
+    Raises:
+        ConfigError: an unknown name, an argument the dataset does not take, ``root`` or
+            ``download`` for a dataset without them.
+    """
+    load_args = dict(dataset_args or {})
+    if dataset not in DATASETS and is_class_path(dataset):
+        for key, value in (("data.root", root), ("data.download", download)):
+            if value not in (None, False):
+                raise ConfigError(f"a class-path dataset takes its own arguments in data.dataset_args, not {key}", key)
+        return lambda: load_user_dataset(dataset, load_args)
+    try:
+        loader = DATASETS.get(dataset)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (or the class path of your own Dataset, my_pkg.data.Pets)", "data.dataset") from None
+    try:
+        check_kwargs(loader, load_args, f"dataset {dataset!r}", skip=("root", "download"))
+    except ConfigError as e:
+        raise e.with_key("data.dataset_args") from None
+    for key, value in (("root", root), ("download", download)):
+        if value not in (None, False):
+            users = [n for n in DATASETS.names() if key in inspect.signature(DATASETS.get(n)).parameters]
+            if dataset not in users:
+                raise ConfigError(f"dataset {dataset!r} takes no {key} (datasets that do: {', '.join(users)})", f"data.{key}")
+            load_args[key] = value
+    return lambda: loader(**load_args)
+

@@ -10,6 +10,7 @@ the torchvision sets live in :mod:`trainkit.data.files`. A loader takes its reci
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -35,6 +36,8 @@ class ArrayData:
     classes: tuple[str, ...]
     max_value: float = 1.0
     test: ArrayData | None = None
+
+    kind: ClassVar[str] = "memory"  # see trainkit.data.sources
 
     @property
     def is_image(self) -> bool:
@@ -97,8 +100,9 @@ def synthetic(
 
 
 def _register_file_readers() -> None:
-    # image_folder and the torchvision sets register themselves on import
+    # image_folder, the torchvision sets and table register themselves on import
     import trainkit.data.files  # noqa: F401
+    import trainkit.data.tables  # noqa: F401
 
 
 _register_file_readers()

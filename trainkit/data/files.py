@@ -1,23 +1,84 @@
-"""Datasets read from files: ``image_folder`` (OpenCV) and the torchvision sets.
+"""Datasets read from files: the lazy ``image_folder`` source and the torchvision sets.
 
-Both load the whole dataset into memory as an :class:`ArrayData` (float32 ``N,C,H,W`` with
-8-bit pixel values, ``max_value`` 255), like the embedded ones, so splitting, statistics and
-augmentation work the same for every source.
+``image_folder`` is a *file source* (see :mod:`trainkit.data.sources`): the folder is
+scanned once for paths, labels and image sizes (:mod:`trainkit.data.scan`, cached), and each
+image is decoded with OpenCV when a DataLoader worker asks for it. The torchvision sets are
+in-memory sources (:class:`~trainkit.data.datasets.ArrayData`), like the embedded ones.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from trainkit.data.datasets import DATASETS, ArrayData
+from trainkit.data.scan import IMAGE_SUFFIXES, FileIndex, scan_folder
 from trainkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+__all__ = ["IMAGE_SUFFIXES", "ImageFiles", "image_folder", "read_image"]
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """A file source: the images of a folder, read on demand.
+
+    Attributes:
+        index: paths, labels and sizes (no pixels).
+        channels: 3 (RGB) or 1 (grey).
+        size: ``(h, w)`` the model sees (``data.dataset_args.size``); None: the images' own.
+        skip_corrupt: drop unreadable files (at scan time, or from a batch at run time).
+        test: the folder's own ``test/`` split.
+    """
+
+    index: FileIndex
+    channels: int = 3
+    size: tuple[int, int] | None = None
+    skip_corrupt: bool = False
+    test: ImageFiles | None = None
+
+    kind = "files"
+    max_value = 255.0
+    is_image = True
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.index.labels
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.index.classes
+
+    def sizes(self) -> np.ndarray:
+        """Every image's ``(h, w)``, test split included."""
+        return np.concatenate([self.index.sizes] + ([self.test.index.sizes] if self.test else []))
+
+    def common_size(self) -> tuple[int, int] | None:
+        """The one size every image has, or None when they differ."""
+        sizes = np.unique(self.sizes(), axis=0)
+        return (int(sizes[0][0]), int(sizes[0][1])) if len(sizes) == 1 else None
+
+    def odd_one(self) -> str:
+        """A message naming an image whose size differs from the first one's."""
+        parts = [p for p in (self, self.test) if p is not None]
+        h0, w0 = (int(v) for v in self.index.sizes[0])
+        for part in parts:
+            odd = np.flatnonzero((part.index.sizes != (h0, w0)).any(1))
+            if len(odd):
+                h, w = (int(v) for v in part.index.sizes[odd[0]])
+                return f"image {part.index.path(int(odd[0]))!r} is {w}x{h}, others {w0}x{h0}"
+        return "all images share one size"
+
+    def read(self, i: int) -> np.ndarray | None:
+        """Image ``i`` as HWC RGB (or HW grey) uint8; None if it cannot be decoded."""
+        return read_image(Path(self.index.path(i)), self.channels)
+
+    def describe(self, i: int) -> str:
+        return self.index.path(i)
 
 
 @DATASETS.register("image_folder")
@@ -26,83 +87,67 @@ def image_folder(
     size: tuple[int, int] | list[int] | None = None,
     channels: int = 3,
     skip_corrupt: bool = False,
-) -> ArrayData:
-    """A folder of class subfolders of images (``root/<class>/*.png``), read with OpenCV.
+) -> ImageFiles:
+    """A folder of class subfolders of images (``root/<class>/*.png``), decoded per sample in workers.
 
     If ``root`` holds ``train/`` and ``test/`` folders (each of class subfolders), ``test/``
     is the dataset's own test split.
 
     Args:
         root: the folder (``data.root``).
-        size: ``[H, W]`` every image is resized to; without it all images must share one size.
+        size: ``[H, W]`` the model sees. The training pipeline runs on each image at its own
+            size when it ends in that size (``imagenet``'s random resized crop); otherwise
+            images are resized to it first. Without it all images must share one size, or
+            the pipeline must give one.
         channels: 3 (RGB) or 1 (grey).
         skip_corrupt: skip unreadable files with a logged warning instead of failing.
 
     Raises:
-        ConfigError: a missing folder, an empty class folder, a corrupt file (unless skipped),
-            or images of different sizes without ``size``.
+        ConfigError: a missing or unreadable folder, an empty class folder, a file that is
+            not an image (unless skipped).
     """
     if root is None:
         raise ConfigError("image_folder needs the folder of class subfolders", "data.root")
     if channels not in (1, 3):
         raise ConfigError(f"must be 1 or 3, got {channels}", "data.dataset_args.channels")
+    if size is not None and (len(size) != 2 or min(int(s) for s in size) < 1):
+        raise ConfigError(f"must be [H, W] of positive sizes, got {list(size)}", "data.dataset_args.size")
     base = Path(root)
     if not base.is_dir():
         raise ConfigError(f"{root!r} is not a folder", "data.root")
     hw = (int(size[0]), int(size[1])) if size is not None else None
     if (base / "train").is_dir() and (base / "test").is_dir():
-        train = _read_folder(base / "train", hw, channels, skip_corrupt, None)
-        test = _read_folder(base / "test", hw or train.x.shape[2:], channels, skip_corrupt, train.classes)
-        return ArrayData(train.x, train.y, train.classes, max_value=255.0, test=test)
-    return _read_folder(base, hw, channels, skip_corrupt, None)
+        train = _checked(scan_folder(base / "train"), skip_corrupt)
+        test = _checked(scan_folder(base / "test", train.classes), skip_corrupt)
+        return ImageFiles(train, channels, hw, skip_corrupt, ImageFiles(test, channels, hw, skip_corrupt))
+    return ImageFiles(_checked(scan_folder(base), skip_corrupt), channels, hw, skip_corrupt)
 
 
-def _read_folder(
-    base: Path, hw: tuple[int, int] | None, channels: int, skip_corrupt: bool, classes: tuple[str, ...] | None
-) -> ArrayData:
-    found = tuple(sorted(p.name for p in base.iterdir() if p.is_dir()))
-    if not found:
-        raise ConfigError(f"{str(base)!r} has no class subfolders (expected {base}/<class>/<image files>)", "data.root")
-    if classes is not None and found != classes:
-        raise ConfigError(f"{str(base)!r} has classes {list(found)}, the training folder {list(classes)}", "data.root")
-    import cv2
-
-    flag = cv2.IMREAD_COLOR if channels == 3 else cv2.IMREAD_GRAYSCALE
-    images, labels = [], []
-    for label, name in enumerate(found):
-        files = sorted(p for p in (base / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ConfigError(f"class folder {str(base / name)!r} holds no image files ({', '.join(IMAGE_SUFFIXES)})", "data.root")
-        for f in files:
-            img = _read_image(f, flag, hw)
-            if img is None:
-                if not skip_corrupt:
-                    raise ConfigError(
-                        f"cannot read image {str(f)!r} (corrupt or not an image); remove it or set "
-                        "data.dataset_args.skip_corrupt: true", "data.root"
-                    )
-                log.warning("skipping unreadable image %s", f)
-                continue
-            if images and img.shape != images[0].shape:
-                raise ConfigError(
-                    f"image {str(f)!r} is {img.shape[1]}x{img.shape[0]}, others {images[0].shape[1]}x{images[0].shape[0]}; "
-                    "set data.dataset_args.size: [H, W] to resize all", "data.root"
-                )
-            images.append(img)
-            labels.append(label)
-    if not images:
-        raise ConfigError(f"no readable images under {str(base)!r}", "data.root")
-    x = np.stack(images).astype(np.float32)
-    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-    return ArrayData(x, np.asarray(labels, dtype=np.int64), found, max_value=255.0)
+def _checked(index: FileIndex, skip_corrupt: bool) -> FileIndex:
+    bad = index.corrupt
+    if len(bad) and not skip_corrupt:
+        raise ConfigError(
+            f"cannot read image {index.path(int(bad[0]))!r} (corrupt or not an image); remove it or set "
+            "data.dataset_args.skip_corrupt: true", "data.root"
+        )
+    for i in bad:
+        log.warning("skipping unreadable image %s", index.path(int(i)))
+    index = index.without(bad) if len(bad) else index
+    if not len(index):
+        raise ConfigError(f"no readable images under {index.root!r}", "data.root")
+    return index
 
 
-def _read_image(path: Path, flag: int, hw: tuple[int, int] | None) -> np.ndarray | None:
+def read_image(path: Path, channels: int, hw: tuple[int, int] | None = None) -> np.ndarray | None:
     """The image as HWC RGB (or HW grey) uint8, resized to ``hw``; None if unreadable."""
     import cv2
 
     # imdecode instead of imread: same decoders, no stderr noise, non-ASCII paths work
-    img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), flag)
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        return None
+    img = cv2.imdecode(raw, cv2.IMREAD_COLOR if channels == 3 else cv2.IMREAD_GRAYSCALE)
     if img is None:
         return None
     if img.ndim == 3:

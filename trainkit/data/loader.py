@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
+
+from trainkit.data.samples import CheckedLoader
 
 
 class EpochSampler(DistributedSampler):
@@ -19,19 +21,27 @@ class EpochSampler(DistributedSampler):
 
     The same sampler serves every world size, so 2 ranks x batch b see the same samples per
     step as 1 process x batch 2b, and the order depends on nothing but the seed and the epoch.
+
+    Args:
+        keyed: yield ``(epoch, index)`` pairs instead of indices, for datasets whose samples
+            draw random augmentations from (seed, epoch, index): a DataLoader worker then
+            needs no epoch state of its own (persistent or not, any number of workers).
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int):
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, keyed: bool = False):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.start = 0  # indices of this rank already served in the current epoch
+        self.keyed = keyed
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[Any]:
         indices = list(super().__iter__())[self.start :]
         self.start = 0  # only the first pass after a resume is partial
+        if self.keyed:
+            return iter([(self.epoch, i) for i in indices])
         return iter(indices)
 
 
-class ResumableLoader(DataLoader):
+class ResumableLoader(CheckedLoader):
     """A DataLoader over an :class:`EpochSampler` whose position is part of the checkpoint.
 
     Its own generator is re-seeded from (seed, epoch) before every epoch: creating a

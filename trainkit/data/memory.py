@@ -8,8 +8,10 @@ per (seed, epoch), disjoint per rank), and the position is saved in checkpoints 
 way, so the two paths train the same weights and resume the same way.
 
 Augmentation is limited to what is a batched tensor op: horizontal/vertical flip and
-pad-and-random-crop (a translation with constant fill), drawn per sample from a generator
-re-seeded per (seed, epoch, rank, batch), so a mid-epoch resume redraws the same values.
+pad-and-random-crop (a translation with constant fill), drawn per sample from a generator on
+the training device re-seeded per (seed, epoch, rank, batch), so a mid-epoch resume redraws the
+same values and a step reads no tensor value on the host (seeding a CUDA generator is a host
+operation; the draws stay on the device).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Callable, Iterator
 
 import albumentations as A
 import cv2
+import numpy as np
 import torch
 
 from trainkit.data.loader import EpochSampler
@@ -51,7 +54,7 @@ class BatchAugment:
             fill = torch.zeros(c) if self.fill is None else self.fill
             padded = fill.to(x.device, x.dtype).view(1, c, 1, 1).expand(n, c, h + 2 * p, w + 2 * p).clone()
             padded[..., p : p + h, p : p + w] = x
-            dy, dx = (torch.randint(0, 2 * p + 1, (2, n), generator=gen, device=gen.device)).to(x.device)
+            dy, dx = torch.randint(0, 2 * p + 1, (2, n), generator=gen, device=x.device)
             # gather rows then columns: out[i, :, r, s] = padded[i, :, r + dy_i, s + dx_i]
             rows = (dy[:, None] + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, c, h, w + 2 * p)
             x = padded.gather(2, rows)
@@ -59,7 +62,7 @@ class BatchAugment:
             x = x.gather(3, cols)
         for prob, dim in ((self.hflip, 3), (self.vflip, 2)):
             if prob > 0:
-                flip = (torch.rand(n, generator=gen, device=gen.device) < prob).to(x.device)
+                flip = torch.rand(n, generator=gen, device=x.device) < prob
                 x = torch.where(flip.view(n, 1, 1, 1), x.flip(dim), x)
         return x
 
@@ -115,8 +118,7 @@ class MemoryLoader:
         self.batch_sampler = None  # Lightning inspects it on any loader with a `sampler`
         self.served = 0
         self._resume: tuple[int, int] | None = None
-        # CPU generator: CUDA generators cannot be re-seeded per batch cheaply across devices
-        self.gen = torch.Generator()
+        self.gen = torch.Generator(device=x.device)  # the draws of a batch stay on its device
 
     def __len__(self) -> int:
         n = len(self.sampler) if self.sampler is not None else len(self.y)
@@ -138,7 +140,7 @@ class MemoryLoader:
             idx = order[k * b : (k + 1) * b]
             x = self.x[idx]
             if self.augment is not None:
-                self.gen.manual_seed(hash((self.seed, int(sampler.epoch), int(sampler.rank), k)) & (2**62 - 1))
+                self.gen.manual_seed(batch_seed(self.seed, int(sampler.epoch), int(sampler.rank), k))
                 x = self.augment(x, self.gen)
             self.served += 1
             yield x, self.y[idx]
@@ -153,6 +155,16 @@ class MemoryLoader:
         self._resume = (state["epoch"], state["served"])
         if self.sampler is not None:
             self.sampler.set_epoch(state["epoch"])
+
+
+def batch_seed(*key: int) -> int:
+    """A generator seed that is a function of ``key`` (NumPy's SeedSequence mixing: distinct
+    keys give unrelated streams, unlike ``seed + k``).
+
+    >>> batch_seed(0, 1, 0, 3) == batch_seed(0, 1, 0, 3) != batch_seed(0, 1, 0, 4)
+    True
+    """
+    return int(np.random.SeedSequence([k % (1 << 63) for k in key]).generate_state(1, np.uint64)[0] >> 2)
 
 
 def check_loader(loader: str) -> str:

@@ -59,7 +59,8 @@ def _lsuv_on_rank_zero(net: nn.Module, trainer: Any, args: dict[str, Any]) -> No
             raise ConfigError("lsuv needs a data module to draw its calibration batch from", "model.init")
         dataset = trainer.datamodule.train_dataloader().dataset
         n = min(int(args.get("batch_size", 256)), len(dataset))
-        x = torch.stack([dataset[i][0] for i in range(n)])
+        # file sources yield uint8 images, standardized on the device in training: here too
+        x = trainer.datamodule.prepare_inputs(torch.stack([dataset[i][0] for i in range(n)]))
         inits.lsuv_(net, x, tol=args.get("tol", 0.02), max_iters=args.get("max_iters", 10))
     # every rank must start from rank 0's rescaled weights
     state = trainer.strategy.broadcast(net.state_dict(), src=0)
