@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from trainkit.data.datasets import DATASETS
 from trainkit.errors import ConfigError
 
 META_FILE = "trainkit.json"
@@ -235,3 +236,11 @@ def _check_index(root: str, split: str, key: str) -> None:
             path = Path(root, split, chunk["filename"])
             if not path.is_file():
                 raise ConfigError(f"shard {str(path)!r} listed in {join(root, name)!r} is missing", key)
+
+
+@DATASETS.register("streaming")
+def streaming(root: str | None = None) -> Any:
+    """Shards written by `trainkit pack` (LitData extra): data.root is the folder or s3://bucket/prefix."""
+    from trainkit.data.streaming import StreamingSource
+
+    return StreamingSource(root)

@@ -22,13 +22,14 @@ ahead of the step).
 from __future__ import annotations
 
 import copy
-import random
+import os
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import Dataset, Subset, default_collate
 
+from trainkit.data.augment import seed_pipeline
 from trainkit.data.shards import SPLITS, join, read_meta, require_litdata
 from trainkit.errors import ConfigError
 
@@ -36,12 +37,6 @@ try:
     from litdata import StreamingDataLoader, StreamingDataset
 except ImportError:  # optional: StreamingSource raises require_litdata's install message first
     StreamingDataLoader = StreamingDataset = object  # type: ignore[misc,assignment]
-
-
-def seed_pipeline(pipe: Any, seed: int, epoch: int | None, index: int) -> None:
-    """Set ``pipe``'s random state from ``(seed, epoch, index)`` (``epoch`` None: evaluation)."""
-    rng = np.random.default_rng([seed % (1 << 63), 0 if epoch is None else epoch + 1, index])
-    pipe.set_random_state(rng, random.Random(int(rng.integers(1 << 62))))
 
 
 class StreamingSource:
@@ -74,9 +69,27 @@ class StreamingSource:
         self.split_sizes = {s: int(meta["splits"].get(s, 0)) for s in SPLITS}
         view = (-1, 1, 1) if len(self.input_shape) == 3 else self.input_shape
         self.stats = (np.asarray(meta["mean"], np.float32).reshape(view), np.asarray(meta["std"], np.float32).reshape(view))
+        # what trainkit.data.layout.file_layout reads of a source: an image folder's own sizes
+        # (its files are stored as they are), else the one size everything was stored at
+        self.sample_shape = self.input_shape
+        self.channels = int(meta.get("channels") or self.input_shape[0])
+        self.size = tuple(meta["size"]) if meta.get("size") else None
+        stored = (meta.get("sizes") or [list(self.input_shape[1:])]) if self.is_image else []
+        self._sizes = np.asarray(stored, np.int64).reshape(-1, 2)
+
+    def sizes(self) -> np.ndarray:
+        """The distinct ``(h, w)`` of the stored images."""
+        return self._sizes
+
+    def odd_one(self) -> str:
+        return f"the images under {self.root!r} have {len(self._sizes)} sizes ({self._sizes[0].tolist()}, ...)"
+
+    def describe(self, i: int) -> str:
+        return f"sample {i} of {self.root!r}"
 
     def loader(self, split: str, *, batch_size: int, shuffle: bool, seed: int, rank: int, world_size: int,
                num_workers: int, pin_memory: bool, pipeline: Any = None, augment_seed: int = 0,
+               resize: tuple[int, int] | None = None,
                progress: Callable[[], tuple[int, int]] | None = None) -> "StreamingLoader":
         """A loader of split ``split`` on this rank: ``(uint8 N,C,H,W images or float N,F rows,
         int64 labels)`` batches, resumable (:class:`StreamingLoader`).
@@ -89,6 +102,7 @@ class StreamingSource:
             pipeline: albumentations pipeline run per sample in the workers (None: none).
             augment_seed: its seed; a sample's draw is a function of (augment_seed, epoch, index),
                 of (augment_seed, index) alone when not shuffling (evaluation).
+            resize: ``(h, w)`` images are resized to before the pipeline (the layout's), or None.
             progress: ``() -> (epoch, batches processed)`` of the trainer (None: the loader's own).
         """
         require_litdata("data.dataset")
@@ -97,7 +111,7 @@ class StreamingSource:
         # the training split drops LitData's remainder on many ranks (equal steps on every rank);
         # evaluation keeps every sample (ranks may then differ by a batch: no collective per step)
         drop_last = None if shuffle else False
-        dataset = StreamedSplit(join(self.root, split), self, pipeline, augment_seed, train=shuffle,
+        dataset = StreamedSplit(join(self.root, split), Decoder(self, pipeline, augment_seed, resize), train=shuffle,
                                 shuffle=shuffle, seed=seed, drop_last=drop_last)
         env = dataset.distributed_env
         assert (env.world_size, env.global_rank) == (world_size, rank), (env.world_size, env.global_rank, world_size, rank)
@@ -105,32 +119,44 @@ class StreamingSource:
                                progress=progress, seed=seed)
 
 
-def decode(sample: dict[str, Any], source: StreamingSource, pipeline: Any, seed: int, epoch: int | None
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A stored sample as ``(CHW uint8 image or float array, label)``, augmented if ``pipeline``."""
-    index, label = int(sample["index"]), torch.tensor(int(sample["label"]))
-    if source.encoding != "png":
-        x = np.asarray(sample["x"], np.float32).reshape(source.input_shape)
-        if pipeline is not None:  # float images (synthetic): augmented in [0, 1] as in memory
-            seed_pipeline(pipeline, seed, epoch, index)
-            hwc = np.ascontiguousarray(x.transpose(1, 2, 0)) / np.float32(source.max_value)
-            out = pipeline(image=hwc)["image"]
-            x = (out[..., None] if out.ndim == 2 else out).transpose(2, 0, 1) * np.float32(source.max_value)
-        return torch.from_numpy(np.ascontiguousarray(x, np.float32)), label
-    import cv2
+class Decoder:
+    """A stored sample -> ``(CHW uint8 image or float array, label)``: decoded as the source's
+    own loader reads it (an image folder's flags and colour order), resized to the layout's
+    size if it says so, augmented with a draw from (seed, epoch, index)."""
 
-    img = cv2.imdecode(np.frombuffer(sample["image"], np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError(f"sample {index} of the shards under {source.root!r} is not a readable image")
-    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if img.ndim == 3 else img[..., None]
-    if pipeline is not None:
-        seed_pipeline(pipeline, seed, epoch, index)
-        img = pipeline(image=img)["image"]
+    def __init__(self, source: StreamingSource, pipeline: Any, seed: int, resize: tuple[int, int] | None):
+        self.root, self.encoding, self.shape = source.root, source.encoding, source.input_shape
+        self.channels, self.max_value = source.channels, source.max_value
+        self.pipeline, self.seed, self.resize = pipeline, seed, resize
+
+    def __call__(self, sample: dict[str, Any], epoch: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        index, label = int(sample["index"]), torch.tensor(int(sample["label"]))
+        if self.encoding == "float32":
+            return torch.from_numpy(self._floats(sample["x"], epoch, index)), label
+        import cv2
+
+        flag = cv2.IMREAD_COLOR if self.channels == 3 else cv2.IMREAD_GRAYSCALE
+        img = cv2.imdecode(np.frombuffer(sample["image"], np.uint8), flag)
+        if img is None:
+            raise ValueError(f"sample {index} of the shards under {self.root!r} is not a readable image")
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if img.ndim == 3 else img
+        if self.resize is not None and img.shape[:2] != tuple(self.resize):
+            img = cv2.resize(img, (self.resize[1], self.resize[0]), interpolation=cv2.INTER_AREA)
         img = img[..., None] if img.ndim == 2 else img
-    # a CHW view; the collate's stack writes the contiguous batch in one copy
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), label
+        if self.pipeline is not None:
+            seed_pipeline(self.pipeline, self.seed, epoch, index)
+            img = self.pipeline(image=img)["image"]
+            img = img[..., None] if img.ndim == 2 else img
+        # a CHW view; the collate's stack writes the contiguous batch in one copy
+        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), label
 
-
+    def _floats(self, x: Any, epoch: int | None, index: int) -> np.ndarray:
+        x = np.asarray(x, np.float32).reshape(self.shape)
+        if self.pipeline is not None:  # float images (synthetic): augmented in [0, 1], as in memory
+            seed_pipeline(self.pipeline, self.seed, epoch, index)
+            out = self.pipeline(image=np.ascontiguousarray(x.transpose(1, 2, 0)) / np.float32(self.max_value))["image"]
+            x = (out[..., None] if out.ndim == 2 else out).transpose(2, 0, 1) * np.float32(self.max_value)
+        return np.ascontiguousarray(x, np.float32)
 
 
 class StreamedSplit(StreamingDataset):
@@ -140,15 +166,13 @@ class StreamedSplit(StreamingDataset):
     workers start (they are never persistent, so they carry it).
     """
 
-    def __init__(self, input_dir: str, source: StreamingSource, pipeline: Any, augment_seed: int, train: bool,
-                 **kwargs: Any):
+    def __init__(self, input_dir: str, decoder: Decoder, train: bool, **kwargs: Any):
         super().__init__(input_dir, **kwargs)
-        self.source, self.pipeline, self.augment_seed, self.train = source, pipeline, augment_seed, train
+        self.decoder, self.train = decoder, train
         self.epoch = 0
 
     def __getitem__(self, index: Any) -> Any:
-        sample = super().__getitem__(index)
-        return decode(sample, self.source, self.pipeline, self.augment_seed, self.epoch if self.train else None)
+        return self.decoder(super().__getitem__(index), self.epoch if self.train else None)
 
 
 class StreamingLoader(StreamingDataLoader):
@@ -229,3 +253,119 @@ class StreamingLoader(StreamingDataLoader):
                 "data.num_workers",
             )
         self._resume = state
+
+
+class ShardSamples(Dataset):
+    """A split's samples by position in stored order, read by random access (any process):
+    for the loops that feed the model themselves (the fit verdict's subset, predictions, LSUV).
+    Each process opens the shards itself on first use."""
+
+    def __init__(self, source: StreamingSource, split: str, decoder: Decoder):
+        self.root, self.n, self.decoder = join(source.root, split), source.split_sizes.get(split, 0), decoder
+        self._shards: Any = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._shards is None:
+            self._shards = StreamingDataset(self.root)
+        return self.decoder(self._shards[int(i)], None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_shards": None}
+
+
+# -- the data module's side: DataModule calls these for a streaming source --------------------
+def setup_streaming(dm: Any) -> None:
+    """``DataModule.setup`` for shards: the pack's splits and training statistics (or the
+    recipe's ``data.mean``/``data.std``), the recipe's pipelines and batch size.
+
+    Raises:
+        ConfigError: a key that acts on what was fixed when packing, augmentation of a table,
+            a batch larger than the training split.
+    """
+    from lightning.pytorch.utilities import rank_zero_warn
+
+    from trainkit.data.stats import Standardize, given_stats
+
+    source = dm.data
+    fixed = {"data.folds": dm.folds, "data.permute_labels": dm.permute_labels, "data.whiten": dm.whiten}
+    for key, on in fixed.items():
+        if on:
+            raise ConfigError(f"acts on the splits, fixed when the shards under {source.root!r} were packed: "
+                              "pack the recipe with it instead (trainkit pack --config R.yaml ...)", key)
+    if dm.loader == "memory":
+        raise ConfigError("streaming shards are read per sample; data.loader: memory is for sources held in memory",
+                          "data.loader")
+    packed = _packed_split_keys(source.meta.get("recipe"))
+    for key, value in packed.items():
+        if getattr(dm, key) != value:
+            rank_zero_warn(f"data.{key} is {getattr(dm, key)!r}, but the shards under {source.root!r} were split with "
+                           f"{value!r}: the splits are the pack's")
+    dm._check_data_options(source)
+    layout = dm.layout
+    shape = layout.shape
+    mean, std = source.stats
+    if not dm.standardize:
+        mean, std = np.zeros_like(mean), np.ones_like(std)
+    elif (given := given_stats(*dm.given, shape, source.max_value)) is not None:
+        mean, std = given
+    dm.mean, dm.std, dm.standardizer = mean, std, Standardize(mean, std)
+    dm.indices = {s: np.arange(n) for s, n in source.split_sizes.items()}
+    for split in SPLITS:
+        which = "train" if split == "train" else "eval"
+        dm.splits[split] = ShardSamples(source, split, Decoder(source, layout.pipelines[which], dm.seed, layout.resize[which]))
+    n_train = source.split_sizes["train"]
+    if n_train < dm.batch_size:
+        raise ConfigError(f"{dm.batch_size} is larger than the training split ({n_train} samples under {source.root!r})",
+                          "data.batch_size")
+
+
+def _packed_split_keys(recipe: str | None) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = (yaml.safe_load(recipe or "") or {}).get("data") or {}
+    except yaml.YAMLError:
+        return {}
+    return {k: data[k] for k in ("val_fraction", "test_fraction", "split_seed") if k in data}
+
+
+def streaming_loader(dm: Any, split: str, shuffle: bool, batch_size: int, pin_memory: bool) -> StreamingLoader:
+    """The data module's loader of ``split`` from its streaming source, on this rank."""
+    trainer = dm.trainer
+    if trainer is not None:
+        world, rank = trainer.world_size, trainer.global_rank
+    elif torch.distributed.is_available() and torch.distributed.is_initialized():
+        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    else:
+        world, rank = 1, 0
+    progress = None
+    if shuffle and trainer is not None:
+        progress = lambda: (trainer.current_epoch, dm._batches_processed())  # noqa: E731
+    which = "train" if split == "train" else "eval"
+    return dm.data.loader(
+        split, batch_size=batch_size, shuffle=shuffle, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), rank=rank,
+        world_size=world, num_workers=dm.num_workers, pin_memory=pin_memory, pipeline=dm.layout.pipelines[which],
+        augment_seed=dm.seed, resize=dm.layout.resize[which], progress=progress,
+    )
+
+
+def streaming_eval_split(dm: Any, split: str, indices: Any = None) -> Dataset:
+    """Split ``split`` preprocessed as validation data and standardized on the host. With
+    ``indices``, as many samples from the start of the stored order: a random subset (the
+    order is a seeded permutation) that an object store serves from its first chunks."""
+    from trainkit.data.datamodule import HostStandardized
+
+    samples: Dataset = dm.splits[split]
+    if indices is not None:
+        samples = Subset(samples, list(range(min(len(indices), len(samples)))))
+    return HostStandardized(samples, dm.standardizer)
+
+
+def streaming_train_batches(dm: Any, world_size: int) -> int:
+    """Training batches per epoch on each rank: LitData drops the remainder of whole batches
+    on many ranks (every rank steps alike), and keeps a partial last batch on one."""
+    n = dm.data.split_sizes["train"]
+    return -(-n // dm.batch_size) if world_size == 1 else n // dm.batch_size // world_size
