@@ -1,5 +1,6 @@
 """A real S3-compatible server on 127.0.0.1 for the tests: moto's standalone server (Werkzeug
-serving moto's S3 over HTTP), started on a free port in a thread of the test process.
+serving moto's S3 over HTTP), started on a free port as a process of its own (in a thread of
+the test process it would share the GIL with in-process training: every request slowed).
 
 Clients reach it as a user's job reaches its object store: boto3 and LitData's obstore client
 over HTTP, configured only by the standard AWS environment (:meth:`S3Server.env`); nothing
@@ -8,6 +9,10 @@ is patched or mocked on the client side.
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from typing import Any
 
@@ -17,13 +22,20 @@ from test_metrics import free_port
 class S3Server:
     """moto's server on ``127.0.0.1:<free port>``; :meth:`stop` ends it."""
 
-    def __init__(self) -> None:
-        from moto.server import ThreadedMotoServer
-
+    def __init__(self, timeout: float = 120) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
+        self._proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:  # until it accepts connections
+            assert self._proc.poll() is None, "moto's server exited"
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "moto's server did not start"
+                time.sleep(0.1)
 
     def env(self) -> dict[str, str]:
         """The AWS variables a client needs for this server (test credentials, accepted by moto)."""
@@ -53,4 +65,5 @@ class S3Server:
         return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
     def stop(self) -> None:
-        self._server.stop()
+        self._proc.terminate()
+        self._proc.wait(timeout=30)

@@ -19,6 +19,7 @@ extra that holds its real requirements (:data:`INSTALL`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -99,15 +100,26 @@ def s3_client(key: str) -> Any:
     Raises:
         ConfigError: no credentials in the environment.
     """
+    env = tuple(os.environ.get(v) for v in (*ENDPOINT_VARS, "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_DEFAULT_REGION"))
+    client = _client(os.getpid(), env)
+    if client is None:
+        raise ConfigError(
+            "no AWS credentials for the object store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or AWS_PROFILE) in the environment; they are never read from the recipe", key
+        )
+    return client
+
+
+@functools.lru_cache(maxsize=4)
+def _client(pid: int, env: tuple[str | None, ...]) -> Any:
+    # one client per process and environment: building one parses botocore's JSON models
+    # (~0.1 s each on a busy machine), and each metadata or index read would build another
     import boto3
     from botocore.config import Config
 
     session = boto3.Session()
     if session.get_credentials() is None:
-        raise ConfigError(
-            "no AWS credentials for the object store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-            "(or AWS_PROFILE) in the environment; they are never read from the recipe", key
-        )
+        return None
     config = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"})
     return session.client("s3", config=config, region_name=session.region_name or "us-east-1")
 
