@@ -14,6 +14,7 @@ from conftest import DEFAULT_RECIPE, QUIET, trainkit
 from trainkit.cli import main
 from trainkit.data.augment import AUGMENTATIONS, AugmentedImages, build_pipeline, pipeline_dict
 from trainkit.data.datamodule import DataModule, standardization_stats, stratified_split
+from trainkit.data.datasets import ArrayData
 from trainkit.runner import TrainkitCLI
 from wandb_records import read_run
 
@@ -163,3 +164,74 @@ def test_preview_data_writes_a_png_grid_and_logs_it():
     saved = yaml.safe_load((png.parent / "augment.yaml").read_text())
     assert records["config"]["data"]["augment"] == {"train": "affine"}
     assert records["config"]["augment_pipelines"] == saved and saved["train"]["transform"]["transforms"][0]["__class_fullname__"] == "Affine"
+
+
+def constant_images(dm: DataModule, n: int = 48) -> DataModule:
+    """The same image at every index: any difference between samples is the augmentation's."""
+    img = np.random.default_rng(0).random((1, 3, 12, 12), dtype=np.float32)
+    dm.__dict__["data"] = ArrayData(np.repeat(img, n, 0), np.arange(n) % 4, tuple("abcd"))
+    return dm
+
+
+def epochs_of(dm: DataModule, workers: int, persistent: bool, n_epochs: int = 2) -> list[torch.Tensor]:
+    dm.num_workers, dm.persistent_workers = workers, persistent
+    loader = dm.train_dataloader()
+    out = []
+    for e in range(n_epochs):
+        loader.sampler.set_epoch(e)  # as Lightning does before every epoch
+        out.append(torch.cat([x for x, _ in loader]))
+    return out
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index_whatever_the_workers():
+    dm = constant_images(DataModule(**{**IMAGES, "batch_size": 4}, augment={"train": "imagenet"}))
+    dm.setup()
+    ref = epochs_of(dm, 0, False)
+    for workers, persistent in ((2, False), (2, True)):
+        got = epochs_of(dm, workers, persistent)
+        for a, b in zip(ref, got):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    first, second = ref
+    flat = first.flatten(1)
+    assert len(torch.unique(flat, dim=0)) == len(flat), "every sample of an epoch draws its own augmentation"
+    # worker 0 and worker 1 take alternate batches: their samples differ too (the unique check)
+    assert not torch.equal(first, second), "a new epoch draws anew"
+
+
+def test_a_pipeline_that_resizes_only_sometimes_is_refused_with_every_transform_on(capsys):
+    # albumentations gives Resize p 0.5 when absent: one random draw of the check passed it
+    spec = "--data.augment={train: {transform: {__class_fullname__: Resize, height: 16, width: 16}}}"
+    assert main(["fit", "--config", str(DEFAULT_RECIPE), spec, *QUIET]) == 2
+    err = capsys.readouterr().err
+    assert "data.augment.train" in err and "16" in err and "every transform applied" in err and "Traceback" not in err
+    assert not Path("runs").exists()
+
+
+def test_preview_rows_show_every_class():
+    from trainkit.data.preview import preview_picks
+
+    dm = DataModule(num_workers=0, augment={"train": "affine"})
+    dm.setup()
+    labels = dm.splits["train"].y
+    picks = preview_picks(labels, dm.num_classes, min(dm.num_classes, 32))
+    assert sorted(int(labels[i]) for i in picks) == list(range(10)), "digits 8 and 9 appear too"
+
+
+def test_lazy_folder_batches_are_the_same_for_0_and_2_workers_and_distinct_per_sample(tmp_path):
+    import cv2
+
+    img = np.random.default_rng(0).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    for c in ("a", "b"):
+        (tmp_path / "f" / c).mkdir(parents=True)
+        for i in range(16):
+            cv2.imwrite(str(tmp_path / "f" / c / f"{i}.png"), img)  # one image everywhere
+    dm = DataModule(dataset="image_folder", root=str(tmp_path / "f"), batch_size=4, num_workers=0,
+                    augment={"train": "imagenet"}, mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2])
+    dm.setup()
+    ref = epochs_of(dm, 0, False)
+    assert ref[0].dtype == torch.uint8
+    for workers, persistent in ((2, False), (2, True)):
+        for a, b in zip(ref, epochs_of(dm, workers, persistent)):
+            assert torch.equal(a, b)
+    flat = ref[0].flatten(1)
+    assert len(torch.unique(flat, dim=0)) == len(flat) and not torch.equal(ref[0], ref[1])

@@ -156,3 +156,49 @@ def test_cifar10_reads_generated_files(tmp_path):
     except ConfigError as e:  # torchvision checks md5 sums of the real files
         pytest.skip(f"torchvision refuses generated CIFAR files: {e}")
     assert data.x.shape == (20, 3, 32, 32) and data.test is not None and len(data.test.y) == 4
+
+
+def test_a_lazy_folder_run_reads_each_image_in_a_worker_never_up_front(tmp_path, monkeypatch):
+    import os
+
+    from trainkit.data.files import ImageFiles
+    from trainkit.runner import TrainkitCLI
+
+    root = make_folder(tmp_path / "imgs", per_class=24)
+    log = tmp_path / "reads.txt"
+    real = ImageFiles.read
+
+    def counted(self, i):  # inherited by the forked workers: each read leaves its pid
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return real(self, i)
+
+    monkeypatch.setattr(ImageFiles, "read", counted)
+    cli = TrainkitCLI(["fit", "--config", str(DEFAULT_RECIPE), "--data.dataset=image_folder", f"--data.root={root}",
+                       "--data.batch_size=8", "--data.augment={train: cifar}", "--trainer.max_epochs=1",
+                       "--data.stats_sample=8", "--trainer.logger=false", *QUIET])  # the recipe's 2 workers
+    pids = [int(p) for p in log.read_text().split()]
+    assert os.getpid() not in pids, "the main process decodes no image (statistics too are summed in workers)"
+    dm = cli.datamodule
+    n_train, n_val = len(dm.splits["train"]), len(dm.splits["val"])
+    assert len(pids) >= 8 + n_train + n_val and len(set(pids)) >= 2, "stats sample, the epoch and validation, in workers"
+
+
+def test_peak_memory_of_a_lazy_folder_does_not_grow_with_the_number_of_images(tmp_path):
+    import tracemalloc
+
+    def peak(n: int) -> int:
+        root = make_folder(tmp_path / f"f{n}", per_class=n, size=32)
+        tracemalloc.start()
+        dm = DataModule(dataset="image_folder", root=str(root), num_workers=0, batch_size=8, augment={"train": "cifar"})
+        dm.setup()
+        loader = dm.train_dataloader()
+        for _, _ in zip(range(2), loader):  # two training steps' batches
+            pass
+        got = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return got
+
+    small, large = peak(20), peak(200)  # 40 vs 400 images of 32x32x3
+    per_image = 32 * 32 * 3  # bytes of one decoded uint8 image; the old loader held 4x that per image, float32
+    assert large - small < 0.1 * 360 * per_image, (small, large)

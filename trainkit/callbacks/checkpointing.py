@@ -112,6 +112,7 @@ class LastCheckpoint(Checkpoint):
         self.signum = signum
         self.received = False
         self.preempted = False
+        self._preempt_at_epoch_end = False
         self._saved_at = -1
         self._previous_handler: Any = None
         self._any_rank = AnyRank()
@@ -136,12 +137,21 @@ class LastCheckpoint(Checkpoint):
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        last_batch = args[-1] + 1 >= trainer.num_training_batches
         # every rank must take the same decision at the same step, or the collective save hangs
         if self._any_rank(self.received):
+            if last_batch:  # saved at the epoch end instead (see below), right after validation
+                self._preempt_at_epoch_end = trainer.should_stop = True
+                return
             self._preempt(trainer)
             return
         n = self.every_n_steps
-        if n and trainer.global_step % n == 0 and trainer.global_step != self._saved_at:
+        # Not at an epoch's last batch: the epoch-end save follows after validation. Lightning
+        # 2.6 restores a checkpoint taken there as "epoch done" yet still as a mid-epoch restart,
+        # so the next epoch's progress counters stay one behind; every later mid-epoch
+        # checkpoint of that run then looks finished, is restored without the loader position
+        # and replays its epoch from the start (extra steps after a second resume, issue 18).
+        if n and trainer.global_step % n == 0 and trainer.global_step != self._saved_at and not last_batch:
             self.save(trainer)
 
     def _preempt(self, trainer: pl.Trainer) -> None:
@@ -157,6 +167,9 @@ class LastCheckpoint(Checkpoint):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._preempt_at_epoch_end:
+            self._preempt(trainer)
+            return
         # after a preemption the epoch "ends" early: keep the mid-epoch checkpoint just saved
         if not trainer.fast_dev_run and not self.preempted:
             self.save(trainer)

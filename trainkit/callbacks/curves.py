@@ -38,7 +38,9 @@ class FitCurves(Callback):
             dm = trainer.datamodule
             rng = np.random.default_rng(0)  # the same samples every epoch: a curve, not noise
             idx = np.sort(rng.permutation(len(dm.indices["train"]))[: self.subset_size])
-            self._loader = DataLoader(dm.eval_split("train", indices=idx), batch_size=dm.batch_size)
+            # a file source's images are decoded in workers, as in training; arrays need none
+            workers = dm.num_workers if dm.kind != "memory" else 0
+            self._loader = DataLoader(dm.eval_split("train", indices=idx), batch_size=dm.batch_size, num_workers=workers)
         return self._loader
 
     @torch.no_grad()

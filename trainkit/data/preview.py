@@ -13,6 +13,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from trainkit.data.augment import PIPELINE_SPLITS, AugmentedImages, pipeline_dict
 from trainkit.data.datamodule import DataModule
+from trainkit.data.samples import SourceSamples
 from trainkit.errors import ConfigError
 
 PIPELINES_FILE = "augment.yaml"
@@ -38,10 +39,11 @@ def save_pipelines(run_dir: Path, dm: DataModule) -> None:
     atomic_write_text(run_dir / PIPELINES_FILE, yaml.safe_dump(pipelines_config(dm), sort_keys=False))
 
 
-def preview_grid(dm: DataModule, path: Path, rows: int = 8, draws: int = 5) -> Path:
+def preview_grid(dm: DataModule, path: Path, rows: int | None = None, draws: int = 5) -> Path:
     """Save a grid: one training sample per row, un-augmented then ``draws`` augmentations.
 
-    Samples are taken round-robin over the classes, so each class shows up.
+    ``rows`` defaults to one per class (up to 32), samples taken round-robin over the
+    classes, so every class shows up. The draws are those of epochs 0 to ``draws - 1``.
 
     Raises:
         ConfigError: the dataset is a table (nothing to look at).
@@ -55,13 +57,14 @@ def preview_grid(dm: DataModule, path: Path, rows: int = 8, draws: int = 5) -> P
     ds = dm.splits["train"]
     if not dm.data.is_image:
         raise ConfigError(f"preview-data shows images; {dm.dataset_name} is a table", "data.dataset")
-    labels = ds.y if isinstance(ds, AugmentedImages) else ds.tensors[1].numpy()
-    members = [np.flatnonzero(labels == c) for c in range(dm.num_classes)]
-    picks = [int(m[k]) for k in range(rows) for m in members if k < len(m)][:rows]
+    rows = rows or min(dm.num_classes, 32)
+    labels = np.asarray(ds.y) if hasattr(ds, "y") else ds.tensors[1].numpy()
+    picks = preview_picks(labels, dm.num_classes, rows)
     fig, axes = plt.subplots(len(picks), draws + 1, figsize=(1.4 * (draws + 1), 1.4 * len(picks)), squeeze=False)
     for r, i in enumerate(picks):
         raw = _raw_image(dm, ds, i)
-        images = [raw] + [ds.image(i) if isinstance(ds, AugmentedImages) else raw for _ in range(draws)]
+        augmented = hasattr(ds, "image") and dm.pipelines["train"] is not None
+        images = [raw] + [_scaled(ds.image((d, i))) if augmented else raw for d in range(draws)]
         for c, img in enumerate(images):
             ax = axes[r][c]
             ax.imshow(np.clip(img.squeeze(-1) if img.shape[-1] == 1 else img, 0, 1), cmap="gray", vmin=0, vmax=1)
@@ -77,10 +80,29 @@ def preview_grid(dm: DataModule, path: Path, rows: int = 8, draws: int = 5) -> P
     return path
 
 
+def preview_picks(labels: np.ndarray, num_classes: int, rows: int) -> list[int]:
+    """``rows`` sample indices taken round-robin over the classes (every class once before any twice).
+
+    >>> preview_picks(np.array([0, 0, 1, 2, 2]), 3, 4)
+    [0, 2, 3, 1]
+    """
+    members = [np.flatnonzero(labels == c) for c in range(num_classes)]
+    depth = max((len(m) for m in members), default=0)
+    return [int(m[k]) for k in range(depth) for m in members if k < len(m)][:rows]
+
+
+def _scaled(img: np.ndarray) -> np.ndarray:
+    """An image in the [0, 1] scale (file sources decode to uint8)."""
+    return img / 255.0 if img.dtype == np.uint8 else img
+
+
 def _raw_image(dm: DataModule, ds: Any, i: int) -> np.ndarray:
     """Training sample ``i`` before augmentation, HWC in ``[0, 1]``."""
     if isinstance(ds, AugmentedImages):
         return ds.x[i].transpose(1, 2, 0) / ds.max_value
+    if isinstance(ds, SourceSamples):
+        img = ds.source.read(int(ds.indices[i]))
+        return _scaled(img[..., None] if img.ndim == 2 else img)
     x = ds.tensors[0][i].numpy() * dm.std + dm.mean  # undo standardization
     return x.transpose(1, 2, 0) / dm.data.max_value
 
