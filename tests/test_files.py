@@ -99,6 +99,7 @@ def test_the_file_index_is_cached_outside_the_folder_and_rescanned_when_a_file_i
     assert len(scan_folder(root)) == 13 and len(headers) == 25, "an added file changes the folder: a rescan"
 
 
+@pytest.mark.slow  # two fits, 2 workers
 def test_a_file_that_fails_to_decode_in_a_worker_stops_the_run_naming_it(tmp_path, capsys):
     root = make_folder(tmp_path / "imgs", per_class=20)
     good = cv2.imencode(".png", np.zeros((10, 10, 3), np.uint8))[1].tobytes()
@@ -158,6 +159,7 @@ def test_cifar10_reads_generated_files(tmp_path):
     assert data.x.shape == (20, 3, 32, 32) and data.test is not None and len(data.test.y) == 4
 
 
+@pytest.mark.slow  # a fit of one epoch, 2 workers
 def test_a_lazy_folder_run_reads_each_image_in_a_worker_never_up_front(tmp_path, monkeypatch):
     import os
 

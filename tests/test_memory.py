@@ -148,3 +148,24 @@ def test_cli_refuses_an_unbatchable_augment_with_exit_2_naming_the_key(capsys):
     assert "data.augment" in err and "HorizontalFlip" in err
     assert main(["fit", "--config", str(DEFAULT_RECIPE), "--data.loader=fast"]) == 2
     assert "dataloader, memory" in capsys.readouterr().err
+
+
+def test_memory_path_with_augmentation_and_mixing_reads_no_tensor_value_on_the_host(monkeypatch):
+    # issue 17: the draws used to come from a CPU generator copied to the device every step
+    dm = DataModule(num_workers=0, loader="memory", augment={"train": "cifar"}, mix={"mixup_alpha": 0.2, "cutmix_alpha": 1.0})
+    dm.setup()
+    loader = dm._memory_loader("train", True, 64)
+    loader.sampler.set_epoch(0)
+    it = iter(loader)
+    first = next(it)  # the epoch's order is sent to the device once, on its first batch
+    reads: list[str] = []
+    for name in ("item", "__bool__", "__float__", "__int__", "tolist", "cpu", "numpy"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _n=name, _r=real, **k: reads.append(_n) or _r(self, *a, **k))
+    steps = 0
+    for k, (x, y) in enumerate(it, 1):
+        mixed, soft = dm.mixer(x, y, dm.num_classes, (0, 0, k))
+        steps += 1
+    monkeypatch.undo()
+    assert steps == len(loader) - 1 and reads == [], reads
+    assert mixed.shape[1:] == first[0].shape[1:] and soft.shape == (len(y), 10)

@@ -23,8 +23,8 @@ def data_root(recipe: Path, tmp: Path) -> list[str]:
         rng = np.random.default_rng(0)
         for c in ("cats", "dogs"):
             (tmp / "images" / c).mkdir(parents=True)
-            for i in range(12):  # mixed sizes: the recipe's pipeline ends in its size
-                cv2.imwrite(str(tmp / "images" / c / f"{i}.jpg"), rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8))
+            for i in range(50):  # mixed sizes (the recipe's pipeline ends in its size); a training split > one batch
+                cv2.imwrite(str(tmp / "images" / c / f"{i}.jpg"), rng.integers(0, 256, (40 + i % 12, 50, 3), dtype=np.uint8))
         return [f"--data.root={tmp / 'images'}"]
     root = data.get("root")
     return [f"--data.root={ROOT / root}"] if root and not Path(root).is_absolute() else []

@@ -62,9 +62,10 @@ def test_one_hot_columns_use_the_training_categories_and_unseen_ones_are_zeros(t
     assert "color=violet" not in again.table.feature_names()
 
 
+@pytest.mark.slow  # fit + test + predict with W&B offline: ~30 s
 def test_csv_table_fits_tests_and_predicts_a_new_csv_by_column_names(tmp_path, capsys):
     data = write_table(tmp_path / "train.csv")
-    assert main(["fit", *table_args(data, "--run.name=t")]) == 0  # the recipe's defaults, W&B offline on
+    assert main(["fit", *table_args(data, "--run.name=t", "--trainer.max_epochs=10")]) == 0  # W&B offline on
     run = Path("runs/wine_table/t")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["val/acc"] >= 0.8, metrics
@@ -114,6 +115,7 @@ def test_bad_tables_exit_2_naming_the_column_and_row_and_write_nothing(tmp_path,
     assert not Path("runs").exists() and tree_digest(tmp_path) == before
 
 
+@pytest.mark.slow  # two fits and two predicts
 def test_predict_refuses_a_row_holding_nan_naming_it(tmp_path, capsys):
     data = write_table(tmp_path / "train.csv")
     assert main(["fit", *table_args(data, "--run.name=p", "--trainer.max_epochs=1", "--trainer.logger=false")]) == 0

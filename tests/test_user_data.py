@@ -74,6 +74,7 @@ def user_module(tmp_path: Path):
         del sys.modules[mod]
 
 
+@pytest.mark.slow  # two fits, 2 workers
 def test_a_users_dataset_by_class_path_from_the_current_directory_trains(user_module):
     args = ["fit", "--config", str(DEFAULT_RECIPE), f"--data.dataset={user_module}.data.Pets", "--data.dataset_args={n: 90}",
             "--model.arch=cnn", "--model.arch_args={}", "--data.augment={train: cifar}", "--data.batch_size=16", "--trainer.max_epochs=4",

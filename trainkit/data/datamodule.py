@@ -9,7 +9,6 @@ per sample in DataLoader workers and standardized on the training device after t
 
 from __future__ import annotations
 
-import inspect
 import os
 from functools import cached_property
 from typing import Any
@@ -20,45 +19,22 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from trainkit.data.augment import AugmentedImages, check_augment
-from trainkit.data.datasets import DATASETS, ArrayData
+from trainkit.data.datasets import ArrayData
 from trainkit.data.layout import Layout, file_layout, memory_layout
 from trainkit.data.loader import EpochSampler, ResumableLoader
 from trainkit.data.memory import MemoryLoader, batch_augment, check_loader, device_tensors
 from trainkit.data.mixing import BatchMixer
-from trainkit.data.samples import CheckedLoader, Collate, SourceSamples, Unreadable, channel_sums
+from trainkit.data.resolve import source_loader
+from trainkit.data.samples import ArrayImages, CheckedLoader, Collate, HostStandardized, SourceSamples, sampled_stats
 from trainkit.data.sources import kind_of
 from trainkit.data.splits import SPLITS, check_labels, kfold_split, stratified_split
-from trainkit.data.stats import Standardize, from_sums, given_stats, standardization_stats
+from trainkit.data.stats import Standardize, given_stats, standardization_stats
 from trainkit.data.tables import Table
-from trainkit.data.user import is_class_path, load_user_dataset
 from trainkit.errors import ConfigError
 from trainkit.optim.ramp import check_batch_ramp, ramped_batch_size
 from trainkit.registry import check_kwargs
 
 __all__ = ["SPLITS", "DataModule", "kfold_split", "standardization_stats", "stratified_split"]
-
-
-class HostStandardized(Dataset):
-    """A file split standardized per sample on the host: ``(float32 input, label)``, for the
-    loops that feed the model themselves (predictions, the fit verdict's training subset)."""
-
-    def __init__(self, samples: Dataset, standardize: Standardize, skip_corrupt: bool = False):
-        self.samples, self.standardize, self.skip_corrupt = samples, standardize, skip_corrupt
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        item = self.samples[i]
-        for k in range(1, len(self.samples) if self.skip_corrupt else 0):
-            if not isinstance(item, Unreadable):
-                break  # these loops cannot drop a sample from a batch: the next readable one stands in
-            item = self.samples[(i + k) % len(self.samples)]
-        if isinstance(item, Unreadable):
-            raise ConfigError(f"cannot read image {item.path!r} (corrupt or not an image); remove it or set "
-                              "data.dataset_args.skip_corrupt: true", "data.root")
-        x, y = item
-        return self.standardize(x[None])[0], y
 
 
 class DataModule(pl.LightningDataModule):
@@ -134,7 +110,7 @@ class DataModule(pl.LightningDataModule):
     ):
         super().__init__()
         self.loader = check_loader(loader)
-        self._load = _source_loader(dataset, dataset_args, root, download)
+        self._load = source_loader(dataset, dataset_args, root, download)
         if folds is not None and (folds < 2 or not 0 <= fold < folds):
             raise ConfigError(f"need folds >= 2 and 0 <= fold < folds, got folds={folds}, fold={fold}", "data.folds")
         self.augment = check_augment(augment)
@@ -278,15 +254,7 @@ class DataModule(pl.LightningDataModule):
         pick = np.sort(np.random.default_rng(self.split_seed).permutation(len(idx))[:n])
         hw = tuple(shape[1:]) if len(shape) == 3 else None
         plain = SourceSamples(source, idx[pick], labels[pick], None, self.seed, hw)
-        loader = DataLoader(plain, batch_size=32, num_workers=self.num_workers, collate_fn=channel_sums)
-        total = 0.0
-        for sums, bad in loader:  # summed per batch in the workers: no image reaches this process
-            if bad and not getattr(source, "skip_corrupt", False):
-                raise ConfigError(f"cannot read image {bad[0]!r} (corrupt or not an image); remove it or set "
-                                  "data.dataset_args.skip_corrupt: true", "data.root")
-            total = total + sums
-        mean, std = from_sums(total)
-        return (mean, std) if len(shape) == 3 else (mean.reshape(shape), std.reshape(shape))
+        return sampled_stats(plain, shape, self.num_workers, getattr(source, "skip_corrupt", False))
 
     def _check_data_options(self, data: Any) -> None:
         if not data.is_image:
@@ -332,18 +300,8 @@ class DataModule(pl.LightningDataModule):
         data = ArrayData(np.asarray(x, dtype=np.float32), y, self.data.classes, self.data.max_value)
         if self.kind == "memory":
             return self._dataset("eval", data, np.arange(len(y)), y)
-        x8 = np.clip(np.rint(data.x), 0, 255).astype(np.uint8)  # files decode to 8-bit pixels
-
-        class Arrays:  # the inputs as a file source of decoded images
-            kind, is_image, test = "files", True, None
-
-            def read(self, i: int) -> np.ndarray:
-                return np.ascontiguousarray(x8[i].transpose(1, 2, 0))
-
-            def describe(self, i: int) -> str:
-                return f"input {i}"
-
-        return self.eval_split(None, SourceSamples(Arrays(), np.arange(len(y)), y, self.layout.pipelines["eval"],
+        images = ArrayImages(np.clip(np.rint(data.x), 0, 255).astype(np.uint8))  # files decode to 8-bit pixels
+        return self.eval_split(None, SourceSamples(images, np.arange(len(y)), y, self.layout.pipelines["eval"],
                                                    self.seed, self.layout.resize["eval"]))
 
     def eval_split(self, split: str | None, samples: Dataset | None = None, indices: np.ndarray | None = None) -> Dataset:
@@ -462,34 +420,3 @@ class DataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
-
-
-def _source_loader(dataset: str, dataset_args: dict[str, Any] | None, root: str | None, download: bool) -> Any:
-    """A function that loads the source ``data.dataset`` names, its arguments checked now.
-
-    Raises:
-        ConfigError: an unknown name, an argument the dataset does not take, ``root`` or
-            ``download`` for a dataset without them.
-    """
-    load_args = dict(dataset_args or {})
-    if dataset not in DATASETS and is_class_path(dataset):
-        for key, value in (("data.root", root), ("data.download", download)):
-            if value not in (None, False):
-                raise ConfigError(f"a class-path dataset takes its own arguments in data.dataset_args, not {key}", key)
-        return lambda: load_user_dataset(dataset, load_args)
-    try:
-        loader = DATASETS.get(dataset)
-    except ConfigError as e:
-        raise ConfigError(f"{e} (or the class path of your own Dataset, my_pkg.data.Pets)", "data.dataset") from None
-    try:
-        check_kwargs(loader, load_args, f"dataset {dataset!r}", skip=("root", "download"))
-    except ConfigError as e:
-        raise e.with_key("data.dataset_args") from None
-    for key, value in (("root", root), ("download", download)):
-        if value not in (None, False):
-            users = [n for n in DATASETS.names() if key in inspect.signature(DATASETS.get(n)).parameters]
-            if dataset not in users:
-                raise ConfigError(f"dataset {dataset!r} takes no {key} (datasets that do: {', '.join(users)})", f"data.{key}")
-            load_args[key] = value
-    return lambda: loader(**load_args)
-

@@ -129,6 +129,29 @@ class SourceSamples(Dataset):
         return np.stack(out).astype(np.float32)
 
 
+class HostStandardized(Dataset):
+    """A file split standardized per sample on the host: ``(float32 input, label)``, for the
+    loops that feed the model themselves (predictions, the fit verdict's training subset)."""
+
+    def __init__(self, samples: Dataset, standardize: Any, skip_corrupt: bool = False):
+        self.samples, self.standardize, self.skip_corrupt = samples, standardize, skip_corrupt
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        item = self.samples[i]
+        for k in range(1, len(self.samples) if self.skip_corrupt else 0):
+            if not isinstance(item, Unreadable):
+                break  # these loops cannot drop a sample from a batch: the next readable one stands in
+            item = self.samples[(i + k) % len(self.samples)]
+        if isinstance(item, Unreadable):
+            raise ConfigError(f"cannot read image {item.path!r} (corrupt or not an image); remove it or set "
+                              "data.dataset_args.skip_corrupt: true", "data.root")
+        x, y = item
+        return self.standardize(x[None])[0], y
+
+
 class Collate:
     """Stack samples; corrupt files and mixed shapes become a :class:`BadBatch` (or are skipped).
 
@@ -177,3 +200,37 @@ def channel_sums(samples: list[Any]) -> Any:
         v = x.reshape(x.shape[0], -1).to(torch.float64)
         sums += np.stack([np.full(x.shape[0], v.shape[1], np.float64), v.sum(1).numpy(), (v * v).sum(1).numpy()])
     return sums, [b.path for b in bad]
+
+
+def sampled_stats(samples: SourceSamples, shape: tuple[int, ...], workers: int, skip_corrupt: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (or per-feature) mean and std of ``samples``, summed batch by batch in
+    ``workers`` DataLoader workers: no image reaches the calling process.
+
+    Raises:
+        ConfigError: an unreadable file (unless ``skip_corrupt``).
+    """
+    from trainkit.data.stats import from_sums
+
+    total: Any = 0.0
+    for sums, bad in DataLoader(samples, batch_size=32, num_workers=workers, collate_fn=channel_sums):
+        if bad and not skip_corrupt:
+            raise ConfigError(f"cannot read image {bad[0]!r} (corrupt or not an image); remove it or set "
+                              "data.dataset_args.skip_corrupt: true", "data.root")
+        total = total + sums
+    mean, std = from_sums(total)
+    return (mean, std) if len(shape) == 3 else (mean.reshape(shape), std.reshape(shape))
+
+
+class ArrayImages:
+    """Decoded 8-bit images ``N,C,H,W`` as a file source (predict's raw inputs for a file-source run)."""
+
+    kind, is_image, test, max_value = "files", True, None, 255.0
+
+    def __init__(self, x8: np.ndarray):
+        self.x8 = x8
+
+    def read(self, i: int) -> np.ndarray:
+        return np.ascontiguousarray(self.x8[i].transpose(1, 2, 0))
+
+    def describe(self, i: int) -> str:
+        return f"input {i}"

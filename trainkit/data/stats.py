@@ -4,7 +4,7 @@ The statistics come from the training split only: all of it for in-memory source
 sample of ``data.stats_sample`` training images for file sources (read in DataLoader
 workers, summed per channel there, so no image is held), or from the recipe: ``data.mean`` /
 ``data.std`` (per channel, in the ``[0, 1]`` scale of the inputs: pixel / 255 for 8-bit
-images, raw units for tables) or a named set, ``data.mean: imagenet`` (``trainkit list stats``).
+images, raw units for tables) or a named set, ``data.mean: imagenet`` (or ``cifar10``).
 """
 
 from __future__ import annotations
