@@ -233,15 +233,15 @@ def test_fit_from_local_shards_with_the_recipes_defaults(digits_packed, capsys):
 
     # the recipe as users run it: W&B offline, 2 workers, progress bar on
     args = ["fit", "--config", str(DEFAULT_RECIPE), "--data.dataset=streaming", f"--data.root={digits_packed}",
-            "--trainer.max_epochs=2", "--run.name=streamed"]
+            "--trainer.max_epochs=1", "--run.name=streamed"]
     assert main(args) == 0, capsys.readouterr().err[-3000:]
     run = Path("runs/digits_mlp/streamed")
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["val/acc"] >= 0.85, metrics  # chance is 0.1; digits reach ~0.93 in 2 epochs
-    assert metrics["fit/epochs"] == 2
+    assert metrics["val/acc"] >= 0.7, metrics  # chance is 0.1; digits reach ~0.9 in one epoch
+    assert metrics["fit/epochs"] == 1
     last = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
     state = last["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
-    assert (state["epoch"], state["batches"]) == (1, 20), "the loader's position is in the checkpoint"  # 1259 / 64
+    assert (state["epoch"], state["batches"]) == (0, 20), "the loader's position is in the checkpoint"  # 1259 / 64
     assert read_run(run)["files"], "an offline W&B run in the run dir"
     recipe = yaml.safe_load((run / "config.yaml").read_text())
     assert recipe["data"]["dataset"] == "streaming" and recipe["data"]["root"] == str(digits_packed)
@@ -285,6 +285,7 @@ def s3(s3_server, monkeypatch):
     return s3_server, s3_server.new_bucket()
 
 
+@pytest.mark.slow  # a pack and three fits through the object store
 def test_pack_then_fit_from_s3_trains_and_resumes_mid_epoch_exactly(images, s3, tmp_path, capsys, caplog):
     import logging
 

@@ -356,7 +356,7 @@ def streaming_eval_split(dm: Any, split: str, indices: Any = None) -> Dataset:
     """Split ``split`` preprocessed as validation data and standardized on the host. With
     ``indices``, as many samples from the start of the stored order: a random subset (the
     order is a seeded permutation) that an object store serves from its first chunks."""
-    from trainkit.data.datamodule import HostStandardized
+    from trainkit.data.samples import HostStandardized
 
     samples: Dataset = dm.splits[split]
     if indices is not None:
