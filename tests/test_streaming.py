@@ -84,6 +84,21 @@ def test_pack_writes_the_recipes_splits_pixels_and_training_statistics(images, p
         assert ys[order].tolist() == own.labels[want].tolist()
 
 
+def test_keys_that_differ_from_the_packs_warn_and_the_pack_applies(packed, recwarn):
+    dm = DataModule(dataset="streaming", root=str(packed), val_fraction=0.1, test_fraction=0.1)
+    dm.setup("fit")
+    assert dm.input_shape == (3, 12, 12) and dm.num_classes == 3 and len(dm.splits["train"]) == N_TRAIN
+    assert not [w for w in recwarn if "packed with" in str(w.message)], "the packing recipe's own values"
+    # a recipe overridden to streaming keeps its source's dataset_args: accepted, compared, warned
+    with pytest.warns(UserWarning, match=r"data.val_fraction is 0.2, but the shards .* were packed with 0.1"):
+        DataModule(dataset="streaming", root=str(packed), val_fraction=0.2, test_fraction=0.1).setup("fit")
+    with pytest.warns(UserWarning, match=r"data.dataset_args is \{'channels': 1\}.* packed with None"):
+        other = DataModule(dataset="streaming", root=str(packed), dataset_args={"channels": 1}, val_fraction=0.1,
+                           test_fraction=0.1)
+        other.setup("fit")
+    assert other.input_shape == (3, 12, 12), "the pack's"
+
+
 def _fit(loader_factory, stop_at=None, resume=None, ckpt=None, identify=None, epochs=2) -> list:
     seen: list = []
     kwargs = {"identify": identify} if identify else {}

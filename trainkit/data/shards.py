@@ -251,8 +251,13 @@ def _check_index(root: str, split: str, key: str) -> None:
 
 
 @DATASETS.register("streaming")
-def streaming(root: str | None = None) -> Any:
-    """Shards written by `trainkit pack` (LitData extra): data.root is the folder or s3://bucket/prefix."""
+def streaming(root: str | None = None, **packed_args: Any) -> Any:
+    """Shards written by `trainkit pack` (LitData extra): data.root is the folder or s3://bucket/prefix.
+
+    ``packed_args``: the packed source's own ``data.dataset_args`` (a recipe keeps them when
+    only ``data.dataset`` and ``data.root`` are overridden); applied when packing, so a value
+    that differs from the pack's only warns.
+    """
     from trainkit.data.streaming import StreamingSource
 
-    return StreamingSource(root)
+    return StreamingSource(root, packed_args)

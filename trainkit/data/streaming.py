@@ -45,6 +45,8 @@ class StreamingSource:
 
     Args:
         root: the ``trainkit pack`` output, a folder or ``s3://bucket/prefix``.
+        packed_args: ``data.dataset_args`` of the recipe (the packed source's; checked against
+            the pack's in :func:`setup_streaming`).
 
     Raises:
         ConfigError: LitData missing, or the root, its metadata or a split index missing or
@@ -54,8 +56,9 @@ class StreamingSource:
     kind = "streaming"
     test = None
 
-    def __init__(self, root: str | None):
+    def __init__(self, root: str | None, packed_args: dict[str, Any] | None = None):
         require_litdata("data.dataset")
+        self.packed_args = dict(packed_args or {})
         if not root:
             raise ConfigError("streaming needs the `trainkit pack` output: a folder or s3://bucket/prefix", "data.root")
         self.root = str(root)
@@ -298,11 +301,14 @@ def setup_streaming(dm: Any) -> None:
     if dm.loader == "memory":
         raise ConfigError("streaming shards are read per sample; data.loader: memory is for sources held in memory",
                           "data.loader")
-    packed = _packed_split_keys(source.meta.get("recipe"))
-    for key, value in packed.items():
-        if getattr(dm, key) != value:
-            rank_zero_warn(f"data.{key} is {getattr(dm, key)!r}, but the shards under {source.root!r} were split with "
-                           f"{value!r}: the splits are the pack's")
+    packed = _packed_data_keys(source.meta.get("recipe"))
+    given = {k: getattr(dm, k) for k in ("val_fraction", "test_fraction", "split_seed")}
+    if source.packed_args:
+        given["dataset_args"] = source.packed_args
+    for key, value in given.items():
+        if key in packed and packed[key] != value:
+            rank_zero_warn(f"data.{key} is {value!r}, but the shards under {source.root!r} were packed with "
+                           f"{packed[key]!r}: the pack's apply")
     dm._check_data_options(source)
     layout = dm.layout
     shape = layout.shape
@@ -322,14 +328,15 @@ def setup_streaming(dm: Any) -> None:
                           "data.batch_size")
 
 
-def _packed_split_keys(recipe: str | None) -> dict[str, Any]:
+def _packed_data_keys(recipe: str | None) -> dict[str, Any]:
+    """The data keys of the recipe the shards were packed with, that fixed their content."""
     import yaml
 
     try:
         data = (yaml.safe_load(recipe or "") or {}).get("data") or {}
     except yaml.YAMLError:
         return {}
-    return {k: data[k] for k in ("val_fraction", "test_fraction", "split_seed") if k in data}
+    return {k: data[k] for k in ("val_fraction", "test_fraction", "split_seed", "dataset_args") if k in data}
 
 
 def streaming_loader(dm: Any, split: str, shuffle: bool, batch_size: int, pin_memory: bool) -> StreamingLoader:
