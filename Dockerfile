@@ -11,7 +11,8 @@ COPY trainkit ./trainkit
 COPY recipes ./recipes
 COPY launch ./launch
 # torch comes with the base image (CUDA build); pip keeps it since it satisfies torch>=2.2
-RUN pip install --upgrade pip && pip install ".[vision]"
+# streaming shards: LitData without its declared requirements (they are the `streaming` extra)
+RUN pip install --upgrade pip && pip install ".[vision,streaming]" && pip install --no-deps "litdata==0.2.76"
 
 WORKDIR /work
 ENTRYPOINT ["trainkit"]

@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 # Installed before the package so that pip does not resolve `torch` to a multi-GB CUDA build
 # on machines that only have a CPU; override with e.g. TORCH_SPEC='torch==2.13.0' or 'torch'.
 TORCH_SPEC ?= torch==2.13.0
+# LitData declares torchvision, which breaks torchmetrics beside the CPU torch: installed without
+# its declared requirements, its real ones come with the `streaming` extra
+LITDATA_SPEC ?= litdata==0.2.76
 RECIPE ?= recipes/digits_mlp.yaml
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.trainkit-installed
@@ -19,7 +22,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,streaming]'
+	$(BIN)/python -m pip install -q --no-deps "$(LITDATA_SPEC)"
 	touch $(STAMP)
 
 train: $(STAMP)

@@ -48,6 +48,8 @@ trainkit commands:
   sweep      --config R.yaml --space S.yaml --trials N [--sampler grid|random|tpe] [--metric val/acc]
              [--workers K] [--study NAME] [--refine] [--storage URL] [overrides]: Optuna search
              over recipe keys; results in <run.root>/<experiment>/sweep-<study>/
+  pack       --config R.yaml --out DIR|s3://bucket/prefix [--workers N] [overrides]: the recipe's
+             splits as LitData shards; train from them with --data.dataset=streaming --data.root=DIR
 
 Every run lives in <run.root>/<run.experiment>/<run.name>/. See README.md for recipes.
 """

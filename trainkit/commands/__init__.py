@@ -14,4 +14,5 @@ COMMANDS = {
     "preview-data": "preview_data",
     "lottery": "lottery",
     "sweep": "sweep",
+    "pack": "pack",
 }

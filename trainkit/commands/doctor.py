@@ -89,6 +89,11 @@ def run_doctor(args: list[str], overfit_steps: int = 100, sweep_steps: int = 60)
     # no logger: the doctor writes its own files and starts no W&B run
     cli = TrainkitCLI(["fit", *args, "--run.resume=never", "--trainer.logger=false"], run_stage=False)
     model, dm = cli.model, cli.datamodule
+    if dm.kind == "streaming":  # its checks read the source's splits, labels and sampler
+        from trainkit.errors import ConfigError
+
+        raise ConfigError("doctor checks a recipe's own source; run it on the recipe you packed the shards from",
+                          "data.dataset")
     torch.manual_seed(0)
     num_classes = dm.num_classes
     bs = min(dm.batch_size, 128)

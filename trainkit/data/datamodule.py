@@ -167,7 +167,7 @@ class DataModule(pl.LightningDataModule):
 
     @property
     def kind(self) -> str:
-        """The source's kind: ``memory`` or ``files``."""
+        """The source's kind: ``memory``, ``files`` or ``streaming``."""
         return kind_of(self.data)
 
     @property
@@ -198,6 +198,10 @@ class DataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
+        if self.kind == "streaming":  # splits cut when packing (trainkit.data.streaming)
+            from trainkit.data.streaming import setup_streaming
+
+            return setup_streaming(self)
         data = self.data
         check_labels(data, self.dataset_name)
         self._check_data_options(data)
@@ -304,6 +308,10 @@ class DataModule(pl.LightningDataModule):
         """Split ``split`` (positions ``indices`` of it) preprocessed as validation data, yielding
         standardized float inputs on the host whatever the source: for loops that feed the
         model themselves (predictions, the fit verdict's training subset)."""
+        if self.kind == "streaming" and samples is None:
+            from trainkit.data.streaming import streaming_eval_split
+
+            return streaming_eval_split(self, split, indices)
         if samples is None:
             if self.kind == "memory" and split in getattr(self, "arrays", {}):
                 samples = self.eval_dataset(*self.arrays[split])
@@ -342,6 +350,10 @@ class DataModule(pl.LightningDataModule):
         pin = self.pin_memory
         if pin is None:
             pin = bool(self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
+        if self.kind == "streaming":  # the shards' own resumable loader, by rank and worker
+            from trainkit.data.streaming import streaming_loader
+
+            return streaming_loader(self, split, shuffle, batch_size or self.batch_size, pin)
         kwargs: dict = dict(
             batch_size=batch_size or self.batch_size,
             num_workers=self.num_workers,
@@ -380,6 +392,10 @@ class DataModule(pl.LightningDataModule):
     def train_batches(self, world_size: int) -> int:
         """Training batches per epoch on each of ``world_size`` ranks (the sampler pads the split
         to a multiple of the world size), at the first epoch's batch size."""
+        if self.kind == "streaming":
+            from trainkit.data.streaming import streaming_train_batches
+
+            return streaming_train_batches(self, world_size)
         per_rank = -(-len(self.splits["train"]) // world_size)
         return -(-per_rank // self.batch_size)
 

@@ -100,8 +100,9 @@ def synthetic(
 
 
 def _register_file_readers() -> None:
-    # image_folder, the torchvision sets and table register themselves on import
+    # image_folder, the torchvision sets, table and streaming register themselves on import
     import trainkit.data.files  # noqa: F401
+    import trainkit.data.shards  # noqa: F401
     import trainkit.data.tables  # noqa: F401
 
 

@@ -113,6 +113,12 @@ def run_preview(argv: list[str]) -> Path:
 
     class PreviewCLI(TrainkitCLI):
         # the fit stage's parsing, run dir and logger, but a preview instead of training
+        def before_fit(self) -> None:
+            if self.datamodule.kind == "streaming":  # refused before the run dir is made
+                raise ConfigError("preview-data shows a recipe's own source; run it on the recipe you packed the "
+                                  "shards from", "data.dataset")
+            super().before_fit()
+
         def fit(self, model: Any, datamodule: DataModule, **kwargs: Any) -> None:
             self.preview = _write_preview(self.run_dir.path, datamodule, self.trainer.loggers)
 
