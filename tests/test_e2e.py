@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 import time
@@ -73,14 +74,28 @@ def test_resume_auto_continues_the_run_and_its_wandb_run(isolated):
     run_dir = Path("runs/digits_mlp/r")
     config_before = (run_dir / "config.yaml").read_text()
     steps_after_2 = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    csv_before = (run_dir / "metrics.csv").read_text().splitlines()
     second = trainkit(*args, "--trainer.max_epochs=4")
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "Restoring states from the checkpoint path at" in second.stderr + second.stdout
+    assert "Restoring states from the checkpoint path at" in (run_dir / "trainkit.log").read_text()
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     # the step count continued from epoch 2 instead of starting again
     assert last["global_step"] == 2 * steps_after_2 and steps_after_2 > 0
     assert json.loads((run_dir / "metrics.json").read_text())["fit/epochs"] == 4
-    assert (run_dir / "config.yaml").read_text() == config_before, "a resume keeps the original recipe"
+    # the changed override is said and recorded: config.yaml is the recipe in force, the history has the change
+    assert "recipe changed since this run's config.yaml: trainer.max_epochs 2 -> 4" in second.stderr
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["max_epochs"] == 4
+    history = yaml.safe_load((run_dir / "config_history.yaml").read_text())
+    assert history[0]["changes"] == {"trainer.max_epochs": {"from": 2, "to": 4}}
+    assert history[0]["resumed_from"].endswith("checkpoints/last.ckpt")
+    assert yaml.safe_load(config_before)["trainer"]["max_epochs"] == 2
+    # one CSV history, continued: the first fit's epochs, then the resumed ones, no step twice
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    epochs = [int(r["epoch"]) for r in rows if r.get("val/acc") and r.get("epoch")]
+    assert epochs == [0, 1, 2, 3, 4], epochs  # four epochs, then the best checkpoint's validation
+    assert len(rows) > len(csv_before) - 1 and not list(run_dir.glob("csv"))
+    loss_steps = [int(r["step"]) for r in rows if r.get("train/loss_step")]
+    assert loss_steps == sorted(set(loss_steps)) and max(loss_steps) > steps_after_2
     # the resumed run knew its best checkpoint: no best-v1.ckpt beside best.ckpt
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt", "previous.ckpt"]
     assert len(read_run(run_dir)["ids"]) == 1
