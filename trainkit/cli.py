@@ -67,7 +67,7 @@ def run_stage(argv: Sequence[str]) -> int:
             print(format_table(result.metrics))
         for key, value in result.extra.items():
             print(f"{key}: {format_value(value)}")
-        hint = wandb_hint(result.run_dir)
+        hint = wandb_hint(result.run_dir) if result.stage != "predict" else None  # predict writes a CSV only
         if hint:
             print(hint)
         print(log_line(result.run_dir))

@@ -196,17 +196,27 @@ def wandb_logger(stage: str, run_dir: RunDir, config: dict[str, Any] | None) -> 
 
 
 def start_wandb(logger: WandbLogger, stage: str, record: Mapping[str, Any] | None = None) -> None:
-    """Start the W&B run (rank zero): diagnostics kept out of the run summary, so the
-    summary leads with the metrics; an evaluation's own entry added to the config."""
+    """Start the W&B run (rank zero), with an evaluation's own entry in its config."""
     if rank_zero_only.rank != 0:
         return
     run = logger.experiment
-    if not hasattr(run, "define_metric"):
-        return
-    # the same step axis Lightning gives every key ("*"), without a summary value per key
-    run.define_metric("diag/*", step_metric="trainer/global_step", step_sync=True, summary="none")
-    if record:
+    if record and hasattr(run, "config"):
         run.config.update({stage: dict(record)}, allow_val_change=True)
+
+
+def summary_without_diagnostics(run: Any) -> None:
+    """Drop the ``diag/*`` entries from a W&B run's summary, which then leads with the metrics
+    (``val/acc`` ...) instead of dozens of per-layer values; their curves stay in the history.
+
+    ``define_metric("diag/*", summary="none")`` does not do it: beside Lightning's own glob
+    ``"*"`` wandb 0.31 applies one of the two overlapping globs to a key, either one, from run
+    to run (seen here), so the entries are removed at the end instead.
+    """
+    summary = getattr(run, "summary", None)
+    if summary is None:
+        return
+    for key in [k for k in summary.keys() if k.startswith("diag/")]:
+        del summary[key]
 
 
 def wandb_hint(run_dir: Path) -> str | None:

@@ -96,12 +96,13 @@ def find_run(root: str, experiment: str | None, name: str) -> Path:
     return found[0]
 
 
-def with_run_recipe(argv: Sequence[str]) -> tuple[list[str], Path | None]:
+def with_run_recipe(argv: Sequence[str], evaluation: bool = True) -> tuple[list[str], Path | None]:
     """``argv`` (after the stage name) with the run's ``config.yaml`` as the recipe, when it names
     a run (``--run.name``) and gives no ``--config``; and that run dir (None: ``argv`` unchanged).
 
-    The run's location is pinned (``--run.root``, ``--run.experiment``) to where it was found,
-    and ``--ckpt_path`` starts from ``best``: the saved recipe may name another.
+    The run's location is pinned (``--run.root``, ``--run.experiment``) to where it was found;
+    for an ``evaluation`` ``--ckpt_path`` starts from ``best`` (the saved recipe may name the
+    checkpoint its fit started from).
     """
     argv = list(argv)
     name = option_value(argv, "run.name")
@@ -110,7 +111,7 @@ def with_run_recipe(argv: Sequence[str]) -> tuple[list[str], Path | None]:
     root = option_value(argv, "run.root") or RunConfig.root
     run = find_run(root, option_value(argv, "run.experiment"), name)
     pinned = [f"--run.root={root}", f"--run.experiment={run.parent.name}"]
-    return ["--config", str(run / "config.yaml"), "--ckpt_path=best", *argv, *pinned], run
+    return ["--config", str(run / "config.yaml"), *(["--ckpt_path=best"] if evaluation else []), *argv, *pinned], run
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

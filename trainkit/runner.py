@@ -45,7 +45,9 @@ from trainkit.console import attach_run_log
 from trainkit.ensemble import check_ensemble, run_ensemble
 from trainkit.errors import ConfigError
 from trainkit.evaluation import evaluation_plots
-from trainkit.loggers import CSV_FILE, RunCSVLogger, start_wandb, wandb_logger, write_wandb_id
+from trainkit.loggers import (
+    CSV_FILE, RunCSVLogger, start_wandb, summary_without_diagnostics, wandb_logger, write_wandb_id,
+)
 from trainkit.recipe import CheckpointConfig, check_recipe_files, explain_parse_error
 from trainkit.module import Classifier
 from trainkit.optim.scaling import check_lr_scaling
@@ -188,7 +190,7 @@ class TrainkitCLI(LightningCLI):
         callbacks = list(trainer_cfg.get("callbacks") or [])
         self.best_checkpoint: ModelCheckpoint | None = None
         if trainer_cfg.get("enable_progress_bar") is not False and not any(isinstance(c, LightningProgressBar) for c in callbacks):
-            callbacks.append(ProgressBar())
+            callbacks.append(ProgressBar(validation_bar=self.subcommand != "fit"))
         if self.subcommand == "fit":
             self.best_checkpoint = ModelCheckpoint(
                 dirpath=self.run_dir.checkpoints,
@@ -434,6 +436,7 @@ def finish_wandb() -> None:
     import wandb
 
     if wandb.run is not None:
+        summary_without_diagnostics(wandb.run)
         wandb.finish()
 
 

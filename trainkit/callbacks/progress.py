@@ -20,9 +20,14 @@ log = logging.getLogger(__name__)
 
 class ProgressBar(TQDMProgressBar):
     """Lightning's bar without ``v_num`` (the logger's version: a W&B id fragment here, noise),
-    and during ``fit`` one bar for training only: the sanity check and each epoch's
-    validation get no bar of their own (in a log file each leaves a trail of lines; the epoch
-    line reports the validation)."""
+    and no bar for the sanity check nor, with ``validation_bar=False`` (``trainkit fit``), for
+    validation: in a log file each leaves a trail of lines, and the epoch line and the result
+    table report the validation.
+    """
+
+    def __init__(self, validation_bar: bool = True):
+        super().__init__()
+        self.validation_bar = validation_bar
 
     @override
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
@@ -36,7 +41,7 @@ class ProgressBar(TQDMProgressBar):
 
     @override
     def init_validation_tqdm(self) -> Tqdm:
-        return Tqdm(disable=True) if self.trainer.state.fn == "fit" else super().init_validation_tqdm()
+        return super().init_validation_tqdm() if self.validation_bar else Tqdm(disable=True)
 
 
 class EpochLine(Callback):
