@@ -65,6 +65,8 @@ class RunLogHandler(logging.Handler):
 
     def attach(self, path: Path) -> None:
         self.path = path
+        # every rank appends; one may get here before rank zero has made the run dir
+        path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
             f.writelines(line + "\n" for line in self._pending)
         self._pending = []
