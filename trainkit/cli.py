@@ -139,6 +139,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        # a broken optional package beside trainkit's dependencies (a CUDA torchvision next to
+        # the CPU torch, which torchmetrics imports): one line instead of an import traceback
+        from trainkit.optional import explain_broken_dependency
+
+        line = explain_broken_dependency(e) if during_import(e) else None
+        if line is None:
+            raise
+        print(f"trainkit: error: {line}", file=sys.stderr)
+        return 1
+
+
+def during_import(error: BaseException) -> bool:
+    """Whether ``error`` was raised while a module was being imported (a module's top-level
+    code is on its traceback; Python hides importlib's own frames)."""
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "<module>":
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def console() -> None:

@@ -11,6 +11,7 @@ import sys
 from typing import Sequence
 
 from trainkit.commands.common import join_overrides
+from trainkit.optional import optional_import
 from trainkit.sweep.plan import Sweep, parser, resolve
 from trainkit.sweep.space import dump_space
 from trainkit.sweep.study import grid_size
@@ -18,6 +19,7 @@ from trainkit.sweep.study import grid_size
 
 def main(argv: Sequence[str]) -> int:
     """``trainkit sweep``: see :func:`parser`."""
+    optional_import("optuna", "sweep")  # the 'sweep' extra: one message if it is missing
     args, rest = parser().parse_known_args(list(argv))
     overrides = join_overrides(rest, "sweep")
     sweep = resolve(args, overrides)
