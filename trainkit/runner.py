@@ -41,6 +41,7 @@ from trainkit.callbacks.world import WorldRecord
 from trainkit.checkpoints import check_compatible, first_loadable, load_checkpoint
 from trainkit.data.datamodule import DataModule
 from trainkit.data.preview import augment_seed, pipelines_config, save_pipelines
+from trainkit import cli_help
 from trainkit.console import attach_run_log
 from trainkit.ensemble import check_ensemble, run_ensemble
 from trainkit.errors import ConfigError
@@ -118,6 +119,7 @@ class TrainkitCLI(LightningCLI):
         if subcommand == "predict":
             parser.add_argument("--input", type=str, default="test", help="train|val|test, a folder of images or a CSV of features")
             self._subcommand_method_arguments[subcommand].append("input")
+        cli_help.tidy(parser, subcommand)
         return parser
 
     # -- parsing: resolve the run dir and checkpoint before anything is built ---------------
