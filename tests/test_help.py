@@ -14,7 +14,7 @@ def test_fit_help_has_text_for_every_key_and_no_internals(capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].startswith("usage: trainkit fit --config RECIPE.yaml") and len(lines) < 600
-    for internal in ("RNGState", "WorldRecord", "LastCheckpoint", "FitCurves", "EpochLine", "Throughput", "trainkit.loggers."):
+    for internal in ("RNGState", "WorldRecord", "LastCheckpoint", "FitCurves", "EpochLine", "throughput.Throughput", "trainkit.loggers."):
         assert internal not in out, internal
     assert "TensorBoardLogger`` if it is installed" not in out and "W&B run (offline unless you are logged in" in out
     # every option has help text of its own before jsonargparse's "(type: ..." note
