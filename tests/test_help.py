@@ -16,7 +16,8 @@ def test_fit_help_has_text_for_every_key_and_no_internals(capsys):
     assert lines[0].startswith("usage: trainkit fit --config RECIPE.yaml") and len(lines) < 600
     for internal in ("RNGState", "WorldRecord", "LastCheckpoint", "FitCurves", "EpochLine", "throughput.Throughput", "trainkit.loggers."):
         assert internal not in out, internal
-    assert "TensorBoardLogger`` if it is installed" not in out and "W&B run (offline unless you are logged in" in out
+    flat = " ".join(out.split())
+    assert "TensorBoardLogger`` if it is installed" not in flat and "W&B run (offline unless you are logged in" in flat
     # every option has help text of its own before jsonargparse's "(type: ..." note
     entries = re.findall(r"^  (--[\w.]+)(?:[^\n]*)\n((?:                        [^\n]*\n)*)", out, re.M)
     options = {name: " ".join(line.strip() for line in body.splitlines()) for name, body in entries}
