@@ -238,3 +238,12 @@ def write_wandb_id(run_dir: RunDir) -> None:
     f = run_dir.path / "wandb_id"
     if not f.exists():
         atomic_write_text(f, run_dir.wandb_id + "\n")
+
+
+def finish_wandb() -> None:
+    """Close this process's W&B run, its summary without diagnostics (see below)."""
+    import wandb
+
+    if wandb.run is not None:
+        summary_without_diagnostics(wandb.run)
+        wandb.finish()

@@ -30,6 +30,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasti
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from trainkit.callbacks.best import best_checkpoint, user_checkpoints
 from trainkit.callbacks.checkpointing import LastCheckpoint
 from trainkit.callbacks.curves import FitCurves
 from trainkit.callbacks.early_stopping import EarlyStoppingConfig, SmoothedEarlyStopping
@@ -46,9 +47,7 @@ from trainkit.console import attach_run_log
 from trainkit.ensemble import check_ensemble, run_ensemble
 from trainkit.errors import ConfigError
 from trainkit.evaluation import evaluation_plots
-from trainkit.loggers import (
-    CSV_FILE, RunCSVLogger, start_wandb, summary_without_diagnostics, wandb_logger, write_wandb_id,
-)
+from trainkit.loggers import CSV_FILE, RunCSVLogger, finish_wandb, start_wandb, wandb_logger, write_wandb_id
 from trainkit.recipe import CheckpointConfig, check_recipe_files, explain_parse_error
 from trainkit.module import Classifier
 from trainkit.optim.scaling import check_lr_scaling
@@ -194,18 +193,10 @@ class TrainkitCLI(LightningCLI):
         if trainer_cfg.get("enable_progress_bar") is not False and not any(isinstance(c, LightningProgressBar) for c in callbacks):
             callbacks.append(ProgressBar(validation_bar=self.subcommand != "fit"))
         if self.subcommand == "fit":
-            self.best_checkpoint = ModelCheckpoint(
-                dirpath=self.run_dir.checkpoints,
-                filename="best",
-                monitor=self.ckpt_cfg.monitor,
-                mode=self.ckpt_cfg.mode,
-                save_top_k=1,
-                save_last=False,  # see LastCheckpoint
-                auto_insert_metric_name=False,
-            )
+            self.best_checkpoint = best_checkpoint(self.run_dir.checkpoints, self.ckpt_cfg.monitor, self.ckpt_cfg.mode)
             # first of the checkpoint callbacks: Lightning's trainer.checkpoint_callback is trainkit's "best"
             callbacks.insert(0, self.best_checkpoint)
-            user_checkpoints(callbacks, self.best_checkpoint, self.run_dir)
+            user_checkpoints(callbacks, self.best_checkpoint, self.run_dir.checkpoints)
             callbacks += [
                 *diagnostics_callbacks(self.diag_cfg),
                 LastCheckpoint(self.run_dir.checkpoints / "last.ckpt", self.ckpt_cfg.every_n_steps),
@@ -378,32 +369,6 @@ def create_run_dir(run_dir: RunDir, recipe_text: str, resumed_from: str | None =
     write_wandb_id(run_dir)
 
 
-def user_checkpoints(callbacks: list[Any], best: ModelCheckpoint, run_dir: RunDir) -> None:
-    """A ``ModelCheckpoint`` of the user's in ``trainer.callbacks`` keeps its own files beside
-    trainkit's; "best" stays ``checkpoint.monitor`` (``best.ckpt``), for fit and test alike.
-
-    Raises:
-        ConfigError: one that would keep the same best as trainkit's (Lightning cannot hold
-            two such in one checkpoint), or write into ``checkpoints/`` itself.
-    """
-    for cb in callbacks:
-        if not isinstance(cb, ModelCheckpoint) or cb is best:
-            continue
-        if cb.state_key == best.state_key:
-            raise ConfigError(
-                f"a ModelCheckpoint monitoring {cb.monitor} ({cb.mode}) repeats trainkit's own best.ckpt; "
-                f"'best' is chosen by checkpoint.monitor and checkpoint.mode: remove the callback or monitor "
-                f"something else", "trainer.callbacks")
-        if cb.dirpath is None:
-            cb.dirpath = str(run_dir.checkpoints / "extra")
-        elif Path(cb.dirpath).resolve() == run_dir.checkpoints.resolve():
-            raise ConfigError(
-                f"a ModelCheckpoint writing into {str(run_dir.checkpoints)!r} would mix with best.ckpt and last.ckpt: "
-                f"give it another dirpath (or none: {run_dir.checkpoints / 'extra'})", "trainer.callbacks")
-        log.info("trainer.callbacks: your ModelCheckpoint (monitor %s) saves to %s; best.ckpt, which fit reports "
-                 "and test loads, is ranked by checkpoint.monitor %s (%s)", cb.monitor, cb.dirpath, best.monitor, best.mode)
-
-
 @rank_zero_only
 def _write_metrics(run_dir: RunDir, metrics: dict[str, Any]) -> None:
     run_dir.write_metrics(metrics)
@@ -432,14 +397,6 @@ def run(argv: list[str]) -> StageResult:
         return cli.result
     finally:
         finish_wandb()
-
-
-def finish_wandb() -> None:
-    import wandb
-
-    if wandb.run is not None:
-        summary_without_diagnostics(wandb.run)
-        wandb.finish()
 
 
 @contextlib.contextmanager
