@@ -173,6 +173,14 @@ def attach_run_log(run_dir: Path) -> Path | None:
     return path
 
 
+def detach_run_log() -> None:
+    """Hold records in memory again until the next :func:`attach_run_log` (a command that runs
+    several stages, a sweep's trials, gives each its own run dir's log)."""
+    handler = current_run_log()
+    if handler is not None:
+        handler.path, handler._pending = None, []
+
+
 def current_run_log() -> RunLogHandler | None:
     """The session's :class:`RunLogHandler`, if a session is active."""
     return next((h for h in logging.getLogger().handlers if isinstance(h, RunLogHandler)), None)

@@ -43,7 +43,7 @@ from trainkit.checkpoints import check_compatible, first_loadable, load_checkpoi
 from trainkit.data.datamodule import DataModule
 from trainkit.data.preview import augment_seed, pipelines_config, save_pipelines
 from trainkit import cli_help
-from trainkit.console import attach_run_log
+from trainkit.console import attach_run_log, detach_run_log
 from trainkit.ensemble import check_ensemble, run_ensemble
 from trainkit.errors import ConfigError
 from trainkit.evaluation import evaluation_plots
@@ -77,6 +77,7 @@ class TrainkitCLI(LightningCLI):
 
     def __init__(self, args: list[str], run_stage: bool = True):
         self.result: StageResult | None = None
+        detach_run_log()  # this stage's records go to its own run dir once it is known
         self.run_stage = run_stage  # False: parse, check and build everything, run nothing
         with warnings.catch_warnings():
             # argv is given explicitly on purpose (the CLI passes sys.argv[1:], tests their own)
