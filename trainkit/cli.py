@@ -146,6 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         line = explain_broken_dependency(e) if during_import(e) else None
         if line is None:
+            # the traceback reaches the console as it is; the run's log file keeps it as well
+            import logging
+
+            from trainkit.console import FILE_ONLY
+
+            logging.getLogger(__name__).error("%s failed", command, exc_info=True, extra=FILE_ONLY)
             raise
         print(f"trainkit: error: {line}", file=sys.stderr)
         return 1

@@ -95,10 +95,9 @@ class ConsoleHandler(logging.Handler):
         self.setFormatter(logging.Formatter("%(message)s"))
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.show_all or record.levelno >= logging.ERROR:
-            return True
-        # trainkit's own records, except those it marks for the log file alone (extra=FILE_ONLY)
-        return ours(_origin(record)) and getattr(record, "console", True)
+        if not getattr(record, "console", True):  # marked for the log file alone (extra=FILE_ONLY)
+            return False
+        return self.show_all or record.levelno >= logging.ERROR or ours(_origin(record))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
