@@ -16,6 +16,8 @@ CASES = [
     ("unknown-cli-key", ["fit", "--config", R, "--model.archx=mlp"], None, ["model.archx", "model.arch"]),
     ("unknown-recipe-key", ["fit", "--config", "bad.yaml"], "model:\n  arch: mlp\n  widht: 3\n", ["widht"]),
     ("unknown-top-key", ["fit", "--config", "bad.yaml"], "modle:\n  arch: mlp\n", ["modle"]),
+    ("nested-key-typo", ["fit", "--config", R, "--early_stopping.patiance=3"], None,
+     ["early_stopping.patiance", "did you mean early_stopping.patience?", "early_stopping.min_delta"]),
     ("abbreviated-key", ["fit", "--config", R, "--trainer.max_epoch=3"], None, ["max_epoch", "trainer.max_epochs"]),
     ("wrong-type", ["fit", "--config", R, "--trainer.max_epochs=abc"], None, ["trainer.max_epochs", "abc"]),
     ("wrong-type-recipe", ["fit", "--config", "bad.yaml"], "data:\n  batch_size: many\n", ["data.batch_size", "many"]),

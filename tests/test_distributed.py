@@ -16,7 +16,6 @@ from conftest import DEFAULT_RECIPE, QUIET, trainkit
 from test_metrics import free_port
 
 from trainkit.cli import main
-from trainkit.launching import template
 
 TORCHRUN = Path(__file__).parents[1] / "launch" / "torchrun.sh"
 COMMON = ["--data.num_workers=0", "--trainer.accelerator=cpu", *QUIET]
@@ -85,9 +84,17 @@ def test_launch_dry_run_torchrun_quotes_every_value(capsys):
     assert main(["launch", "--config", str(DEFAULT_RECIPE), "--devices", "2", "--dry-run", HOSTILE]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].startswith("plan: world size 2 = 1 node(s) x 2 device(s); global batch 128 = 64 x 2 x 1 accum")
+    # the torchrun command line torchrun.sh runs, with its environment
     command = shlex.split(out[-1])
-    assert command[:2] == ["env", "NPROC=2"] and command[-1] == HOSTILE, "the shell gives back exactly the value"
-    assert command[-3] == str(template("torchrun.sh"))
+    assert command[-1] == HOSTILE, "the shell gives back exactly the value"
+    run = command.index("torch.distributed.run")
+    assert command[0] == "env" and command[run - 2:run] == [sys.executable, "-m"]
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in command and "TORCH_NCCL_ASYNC_ERROR_HANDLING=1" in command
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert f"OMP_NUM_THREADS={threads}" in command or "OMP_NUM_THREADS" in os.environ
+    assert command[run + 1:run + 4] == ["--nnodes=1", "--nproc-per-node=2", "--max-restarts=0"]
+    assert "--rdzv-backend=c10d" in command and "--rdzv-endpoint=127.0.0.1:29500" in command
+    assert command[-7:-1] == ["trainkit", "fit", "--config", str(DEFAULT_RECIPE), "--trainer.num_nodes=1", "--trainer.devices=2"]
     assert not Path("pwned").exists() and not Path("runs").exists(), "a dry run starts and writes nothing"
 
 
@@ -98,6 +105,8 @@ def test_launch_dry_run_slurm_renders_the_template_with_quoted_values(capsys, tm
     out = capsys.readouterr().out
     plan, script = out.split("\n", 1)
     assert "world size 8 = 2 node(s) x 4 device(s)" in plan and "global batch 512" in plan
+    if script.startswith("note: sinfo is not reachable"):  # no SLURM controller here: no CPUs per task
+        script = script.split("\n", 1)[1]
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --partition=gpu",
                  "#SBATCH --time=00:30:00", "#SBATCH --signal=USR1@90", "#SBATCH --requeue"):
         assert line in script.splitlines(), line
@@ -117,12 +126,14 @@ def test_launch_dry_run_slurm_renders_the_template_with_quoted_values(capsys, tm
         (["--nodes", "0"], ["--nodes", ">= 1"]),
         (["--model.arch=mlpp"], ["model.arch", "'mlp'"]),
         (["stray"], ["stray", "--key=value"]),
+        (["--nodes", "2", "--torchrun"], ["--nodes 2", "--run-id"]),
     ],
 )
 def test_launch_refuses_bad_input_before_starting_anything(argv, words, capsys):
     assert main(["launch", "--config", str(DEFAULT_RECIPE), "--dry-run", *argv]) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert all(w in err for w in words), err
+    assert "plan:" not in out, "refused before the plan"
     assert not Path("runs").exists()
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -19,11 +21,51 @@ def last_line_run_dir(stdout: str) -> Path:
     return Path(last.removeprefix("run dir: "))
 
 
+# what issue 20 found on the console of a default fit and test; none of it may reach a person
+NOISE = [
+    "weights_only", "srun", "litlogger", "litmodels", "Tip:", "anonymous", "LeafSpec", "_pytree", "FLOPs", "Flops",
+    "v_num", "Be aware that when using `ckpt_path`", "diag/", "GPU available", "Restoring states", "wandb:",
+    "Sanity Checking", "Validation DataLoader",
+]
+# every line on stderr is one of these: the plan, the model's size, an epoch's metrics, the stop
+NEEDED = [
+    r"global batch \d+ = \d+ x \d+ device", r"model: [\d.]+ [KM]? ?parameters, [\d.]+ MB$",
+    r"epoch \d+/\d+  train/loss \d\.\d{4}  val/loss \d\.\d{4}  val/acc \d\.\d{4}( \(best\))?  [\d.]+ s$",
+    r"fit stopped: ",
+]
+
+
+def assert_quiet_console(proc, run_dir: Path, epochs: int) -> None:
+    """The console holds what a person needs and none of the noise; the log file the rest."""
+    out = proc.stdout + proc.stderr
+    for noise in NOISE:
+        assert noise not in out, f"{noise!r} on the console:\n{out[-4000:]}"
+    for line in proc.stderr.splitlines():
+        assert any(re.match(p, line) for p in NEEDED), f"unexpected console line {line!r}"
+    assert len(re.findall(r"^epoch \d+/", proc.stderr, re.M)) == epochs
+    if epochs:
+        assert "Epoch 0:" in proc.stdout and "it/s" in proc.stdout, "a progress bar"
+    # after the bar: the result table, key: value lines with rounded numbers, W&B, the log, the run dir
+    tail = proc.stdout.split("\n")
+    tail = tail[next(i for i, line in enumerate(tail) if line.startswith("metric ")):]
+    assert tail[-1] == "" and tail[-2] == f"run dir: {run_dir}" and tail[-3].startswith(f"log: {run_dir}/trainkit.log")
+    assert tail[-4].startswith("W&B: offline") and "wandb sync " in tail[-4]
+    for line in tail[1:-4]:
+        number = re.match(r"^[\w/]+(?:  +|: )(-?[\d.]+(?:e-?\d+)?)$", line)
+        if number and "." in number.group(1):
+            assert len(number.group(1).replace(".", "").lstrip("0")) <= 4, f"unrounded: {line}"
+    log = (run_dir / "trainkit.log").read_text()
+    assert "GPU available" in log and "Total params" in log and "[rank 0]" in log
+    assert "weights_only" not in log, "trainkit's own checkpoint saving says what it saves"
+
+
 def test_fit_then_test_on_digits(isolated):
-    fit = trainkit("fit", "--config", str(DEFAULT_RECIPE), "--run.name", "e2e", *QUIET)
+    # the recipe's defaults, as a user runs it: progress bar and model summary on, W&B offline, 2 workers
+    fit = trainkit("fit", "--config", str(DEFAULT_RECIPE), "--run.name", "e2e")
     assert fit.returncode == 0, fit.stderr[-3000:]
     run_dir = last_line_run_dir(fit.stdout)
     assert run_dir == Path("runs/digits_mlp/e2e")
+    assert_quiet_console(fit, run_dir, epochs=20)
 
     # the run dir holds the resolved recipe, both checkpoints, final metrics and the W&B run
     recipe = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -47,9 +89,11 @@ def test_fit_then_test_on_digits(isolated):
     ckpt_cb = next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint"))
     assert abs(float(ckpt_cb["best_model_score"]) - metrics["val/acc"]) < 1e-6
 
-    test = trainkit("test", "--config", str(DEFAULT_RECIPE), "--run.name", "e2e", "--ckpt_path", "best", *QUIET)
+    # the run dir is enough: its config.yaml is the recipe
+    test = trainkit("test", "--run.name", "e2e", "--ckpt_path", "best")
     assert test.returncode == 0, test.stderr[-3000:]
     assert last_line_run_dir(test.stdout) == run_dir
+    assert_quiet_console(test, run_dir, epochs=0)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test/acc"] >= 0.93 and metrics["val/acc"] >= 0.95, metrics
     assert metrics["test/checkpoint"].endswith("checkpoints/best.ckpt")
@@ -64,6 +108,13 @@ def test_fit_then_test_on_digits(isolated):
     assert records["config"]["model"]["arch"] == "mlp"
     assert records["config"]["model"]["optimizer"] == recipe["model"]["optimizer"]
     assert records["config"]["data"]["dataset"] == "digits"
+    # the test added its own entry and left the fit's config alone; the summary leads with metrics
+    assert records["config"]["test"] == {"checkpoint": "checkpoints/best.ckpt"}
+    assert "val/acc" in records["summary"] and "test/acc" in records["summary"]
+    assert not [k for k in records["summary"] if k.startswith("diag/")], sorted(records["summary"])
+    assert not any(k.startswith("val/") for h in records["history"] if "test/acc" in h for k in h)
+    # the sync hint names every part of the run (one per invocation, the same run id)
+    assert len(records["files"]) == 2 and f"2 parts of run {records['ids'].pop()}" in test.stdout
 
 
 def test_resume_auto_continues_the_run_and_its_wandb_run(isolated):
@@ -73,14 +124,28 @@ def test_resume_auto_continues_the_run_and_its_wandb_run(isolated):
     run_dir = Path("runs/digits_mlp/r")
     config_before = (run_dir / "config.yaml").read_text()
     steps_after_2 = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    csv_before = (run_dir / "metrics.csv").read_text().splitlines()
     second = trainkit(*args, "--trainer.max_epochs=4")
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "Restoring states from the checkpoint path at" in second.stderr + second.stdout
+    assert "Restoring states from the checkpoint path at" in (run_dir / "trainkit.log").read_text()
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     # the step count continued from epoch 2 instead of starting again
     assert last["global_step"] == 2 * steps_after_2 and steps_after_2 > 0
     assert json.loads((run_dir / "metrics.json").read_text())["fit/epochs"] == 4
-    assert (run_dir / "config.yaml").read_text() == config_before, "a resume keeps the original recipe"
+    # the changed override is said and recorded: config.yaml is the recipe in force, the history has the change
+    assert "recipe changed since this run's config.yaml: trainer.max_epochs 2 -> 4" in second.stderr
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["max_epochs"] == 4
+    history = yaml.safe_load((run_dir / "config_history.yaml").read_text())
+    assert history[0]["changes"] == {"trainer.max_epochs": {"from": 2, "to": 4}}
+    assert history[0]["resumed_from"].endswith("checkpoints/last.ckpt")
+    assert yaml.safe_load(config_before)["trainer"]["max_epochs"] == 2
+    # one CSV history, continued: the first fit's epochs, then the resumed ones, no step twice
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    epochs = [int(r["epoch"]) for r in rows if r.get("val/acc") and r.get("epoch")]
+    assert epochs == [0, 1, 2, 3, 4], epochs  # four epochs, then the best checkpoint's validation
+    assert len(rows) > len(csv_before) - 1 and not list(run_dir.glob("csv"))
+    loss_steps = [int(r["step"]) for r in rows if r.get("train/loss_step")]
+    assert loss_steps == sorted(set(loss_steps)) and max(loss_steps) > steps_after_2
     # the resumed run knew its best checkpoint: no best-v1.ckpt beside best.ckpt
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt", "previous.ckpt"]
     assert len(read_run(run_dir)["ids"]) == 1

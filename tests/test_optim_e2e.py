@@ -22,7 +22,7 @@ FAST = ["--data.num_workers=0", "--trainer.log_every_n_steps=1", *QUIET]
 
 def logged_lrs(run_dir: Path) -> list[float]:
     """``train/lr`` of every step, as the run's CSV log recorded it."""
-    with next(run_dir.glob("csv/version_*/metrics.csv")).open() as f:
+    with (run_dir / "metrics.csv").open() as f:
         return [float(r["train/lr"]) for r in csv.DictReader(f) if r.get("train/lr")]
 
 
@@ -81,7 +81,7 @@ def _ddp_lr(rule: str, devices: int, name: str) -> tuple[float, str]:
         out = ""
     run = Path(f"runs/digits_mlp/{name}")
     lrs = logged_lrs(run)
-    hparams = yaml.safe_load(next(run.glob("csv/version_*/hparams.yaml")).read_text())
+    hparams = yaml.safe_load((run / "hparams.yaml").read_text())
     assert lrs and all(lr == pytest.approx(hparams["lr_scaled"]) for lr in lrs), (lrs, hparams)
     assert hparams["global_batch"] == 64 * devices
     return lrs[0], out + hparams["lr_plan"]
@@ -117,7 +117,7 @@ def test_lr_find_on_digits_suggests_a_good_lr_and_writes_its_plot(capsys):
 def test_batch_ramp_grows_the_batch_at_milestones_with_the_lr_kept():
     assert main(["fit", "--config", R, *FAST, "--run.name=ramp", "--trainer.max_epochs=4", "--trainer.limit_val_batches=1",
                  "--data.batch_ramp={milestones: [1, 3], factor: 2}"]) == 0
-    with next(Path("runs/digits_mlp/ramp").glob("csv/version_*/metrics.csv")).open() as f:
+    with Path("runs/digits_mlp/ramp/metrics.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/lr")]
     per_epoch = [sum(int(r["epoch"]) == e for r in rows) for e in range(4)]
     n_train = 1257  # digits' training split (70% of 1797)

@@ -94,7 +94,7 @@ def test_penalty_is_elastic_net_on_decayed_weights_and_is_logged():
     cli = TrainkitCLI(["fit", "--config", str(DEFAULT_RECIPE), "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
                        "--trainer.limit_val_batches=1", "--data.num_workers=0", "--run.name=pen", *QUIET,
                        "--model.optimizer.lr=0", "--model.regularization={l1: 1.0e-4, l2: 1.0e-3}"])
-    rows = list(csv.DictReader((cli.run_dir.path / "csv" / "version_0" / "metrics.csv").open()))
+    rows = list(csv.DictReader((cli.run_dir.path / "metrics.csv").open()))
     logged = [float(r["train/penalty"]) for r in rows if r.get("train/penalty")]
     assert len(logged) == 1 and logged[0] > 0
     assert logged[0] == pytest.approx(float(penalty(cli.model.net, 1e-4, 1e-3)), rel=1e-5)

@@ -73,10 +73,31 @@ def test_preempted_job_checkpoints_requeues_and_finishes(cluster):
     out = job_output(job)
     assert state == "COMPLETED", out + cluster.logs()
     assert cluster.field(job, "Restarts") == "1", "the job was requeued once"
-    assert "requeueing SLURM job" in out and "Restoring states from the checkpoint" in out, out[-3000:]
+    assert "requeueing SLURM job" in out, out[-3000:]
+    assert "Restoring states from the checkpoint" in (run / "trainkit.log").read_text()
     # finished as an uninterrupted run would: all epochs, all steps, one W&B run
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["fit/epochs"] == epochs
     ckpt = torch.load(last, weights_only=True)
     assert ckpt["global_step"] == epochs * 10  # 1,259 samples -> 630 per rank / 64 = 10 steps
     assert len(read_run(run)["ids"]) == 1 and len(read_run(run)["files"]) == 2
+
+
+def test_launch_slurm_from_a_bare_path_fits_the_node_and_trains(cluster):
+    """`trainkit launch --slurm` without trainkit on PATH: the job runs it through the launching
+    interpreter, with the CPUs per task the 2-CPU node can give 2 tasks (issue 20 items 7, 9)."""
+    common = ["--config", str(DEFAULT_RECIPE), "--slurm", "--devices", "2", "--time", "00:10:00",
+              "--data.num_workers=0", "--trainer.accelerator=cpu", *QUIET, "--trainer.max_epochs=2"]
+    bare = {"PATH": "/usr/bin:/bin"}
+    refused = cluster.run(sys.executable, "-m", "trainkit", "launch", *common, "--cpus-per-task", "4", env=bare)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "= 8 CPUs, but nodes of partition debug have 2 CPUs" in refused.stderr and "plan:" not in refused.stdout
+    launched = cluster.run(sys.executable, "-m", "trainkit", "launch", *common, env=bare)
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    job = launched.stdout.strip().split()[-1]  # sbatch: "Submitted batch job N"
+    script = next(Path("runs/digits_mlp/launch").glob("slurm-*.sbatch")).read_text()
+    assert "#SBATCH --cpus-per-task=1" in script.splitlines()
+    state = cluster.wait_state(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=240)
+    assert state == "COMPLETED", job_output(job) + cluster.logs()
+    metrics = json.loads(Path(f"runs/digits_mlp/slurm-{job}/metrics.json").read_text())
+    assert metrics["fit/epochs"] == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from pathlib import Path
 
 import optuna
@@ -145,7 +146,8 @@ def test_launch_sweep_renders_a_slurm_array_job(capsys: pytest.CaptureFixture):
     assert main([*args, "--workers", "2", "--study", "s1", "--dry-run", "--trainer.max_epochs=3"]) == 0
     out = capsys.readouterr().out
     assert "#SBATCH --array=0-5%2" in out
-    assert out.rstrip().endswith('srun ${TRAINKIT:-trainkit} sweep "$@" --trials 1')
+    assert out.rstrip().endswith('srun "${RUN[@]}" sweep "$@" --trials 1')
+    assert f'TRAINKIT_PYTHON="${{TRAINKIT_PYTHON:-{sys.executable}}}"' in out.splitlines()
     (line,) = [s for s in out.splitlines() if s.startswith("set -- ")]
     storage = f"sqlite:///{Path('runs/digits_mlp/sweep-s1/study.db').resolve()}"
     assert f"--study s1 --storage {storage}" in line and line.endswith("--trainer.max_epochs=3")

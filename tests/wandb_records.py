@@ -71,4 +71,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
             elif which == "summary":
                 for item in rec.summary.update:
                     out["summary"]["/".join(item.nested_key) or item.key] = json.loads(item.value_json)
+                for item in rec.summary.remove:  # a removed entry takes its nested parts with it
+                    gone = "/".join(item.nested_key) or item.key
+                    out["summary"] = {k: v for k, v in out["summary"].items() if k != gone and not k.startswith(gone + "/")}
     return out

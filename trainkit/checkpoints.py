@@ -48,12 +48,13 @@ def first_loadable(candidates: Sequence[Path], key: str) -> tuple[Path, dict[str
     """
     present = [p for p in candidates if p.is_file()]
     problems = []
-    for path in present:
+    for i, path in enumerate(present):
         try:
             return path, load_checkpoint(path, key)
         except ConfigError as e:
             problems.append(str(e))
-            log.warning("%s; trying the previous checkpoint", e)
+            if i + 1 < len(present):  # the last one's problem is the error below
+                log.warning("%s; trying the previous checkpoint", e)
     if problems:
         raise ConfigError("no usable checkpoint to resume from: " + "; ".join(problems), key)
     return None

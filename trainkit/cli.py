@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from trainkit.commands import COMMANDS
@@ -51,13 +52,15 @@ trainkit commands:
   pack       --config R.yaml --out DIR|s3://bucket/prefix [--workers N] [overrides]: the recipe's
              splits as LitData shards; train from them with --data.dataset=streaming --data.root=DIR
 
-Every run lives in <run.root>/<run.experiment>/<run.name>/. See README.md for recipes.
+Every run lives in <run.root>/<run.experiment>/<run.name>/; its log file trainkit.log
+holds what the console leaves out (--verbose shows it all). See README.md for recipes.
 """
 
 
 def run_stage(argv: Sequence[str]) -> int:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
+    from trainkit.loggers import wandb_hint
     from trainkit.runner import run
 
     result = run(list(argv))
@@ -65,14 +68,45 @@ def run_stage(argv: Sequence[str]) -> int:
         if result.metrics:
             print(format_table(result.metrics))
         for key, value in result.extra.items():
-            print(f"{key}: {value['line'] if isinstance(value, dict) and 'line' in value else value}")
+            print(f"{key}: {format_value(value)}")
+        hint = wandb_hint(result.run_dir) if result.stage != "predict" else None  # predict writes a CSV only
+        if hint:
+            print(hint)
+        print(log_line(result.run_dir))
         print(f"run dir: {result.run_dir}")
     return 0
 
 
+def log_line(run_dir: Path) -> str:
+    """Where the rest of the output went, and how much of it is library warnings."""
+    from trainkit.console import LOG_FILE, current_run_log
+
+    handler = current_run_log()
+    n = handler.library_warnings if handler is not None else 0
+    return f"log: {run_dir / LOG_FILE}" + (f" ({n} library warning{'s' if n > 1 else ''}; --verbose shows them)" if n else "")
+
+
+def format_value(value: object) -> str:
+    """A result entry for the console: a verdict's line, floats to 4 significant digits.
+
+    >>> format_value(284.40339476538816), format_value({"line": "converged"}), format_value(3)
+    ('284.4', 'converged', '3')
+    """
+    if isinstance(value, dict) and "line" in value:
+        return str(value["line"])
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``trainkit`` and ``python -m trainkit``; returns the exit code."""
+    """Entry point of ``trainkit`` and ``python -m trainkit``; returns the exit code.
+
+    ``--verbose`` anywhere shows on the console what otherwise goes to the run's log file only.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    show_all = "--verbose" in argv
+    argv = [a for a in argv if a != "--verbose"]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(HELP.format(kinds=", ".join(REGISTRIES)))
         return 0 if argv else 2
@@ -87,14 +121,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     import os
 
     os.environ.pop("WANDB_SERVICE", None)
+    from trainkit.console import session
     from trainkit.errors import ConfigError, TrainingFailed
 
     try:
-        if command in STAGES:
-            return run_stage(argv)
-        if command in COMMANDS:
-            return importlib.import_module(f"trainkit.commands.{COMMANDS[command]}").main(rest)
-        raise ConfigError(f"unknown command {command!r} (known: {', '.join((*STAGES, *COMMANDS))})")
+        with session(show_all or None):
+            if command in STAGES:
+                return run_stage(argv)
+            if command in COMMANDS:
+                return importlib.import_module(f"trainkit.commands.{COMMANDS[command]}").main(rest)
+            raise ConfigError(f"unknown command {command!r} (known: {', '.join((*STAGES, *COMMANDS))})")
     except ConfigError as e:
         print(f"trainkit: error: {e}", file=sys.stderr)
         return 2
@@ -105,6 +141,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        # a broken optional package beside trainkit's dependencies (a CUDA torchvision next to
+        # the CPU torch, which torchmetrics imports): one line instead of an import traceback
+        from trainkit.optional import explain_broken_dependency
+
+        line = explain_broken_dependency(e) if during_import(e) else None
+        if line is None:
+            # the traceback reaches the console as it is; the run's log file keeps it as well
+            import logging
+
+            from trainkit.console import FILE_ONLY
+
+            logging.getLogger(__name__).error("%s failed", command, exc_info=True, extra=FILE_ONLY)
+            raise
+        print(f"trainkit: error: {line}", file=sys.stderr)
+        return 1
+
+
+def during_import(error: BaseException) -> bool:
+    """Whether ``error`` was raised while a module was being imported (a module's top-level
+    code is on its traceback; Python hides importlib's own frames)."""
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "<module>":
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def console() -> None:

@@ -49,11 +49,15 @@ class Classifier(pl.LightningModule):
             run's real global batch; ``null``: no scaling.
         num_classes: number of classes; linked from the data module, not set in recipes.
         input_shape: shape of one input; linked from the data module, not set in recipes.
-        freeze, unfreeze, lr_mult, layer_decay: fine-tuning (:mod:`trainkit.nn.transfer`):
-            parameter-name patterns frozen from the start, ``{epoch: patterns}`` unfrozen then,
-            ``{pattern: lr multiplier}``, layer-wise lr decay.
-        ema, swa: weight averaging (:mod:`trainkit.callbacks.averaging`): ``{decay, warmup}``,
-            ``{start_epoch}``.
+        freeze: fine-tuning (:mod:`trainkit.nn.transfer`): parameter-name patterns (``net.0.*``)
+            frozen from the start.
+        unfreeze: fine-tuning: ``{epoch: [patterns]}`` unfrozen at the start of that epoch.
+        lr_mult: fine-tuning: ``{pattern: multiplier}`` of the lr for the parameters it matches.
+        layer_decay: fine-tuning: layer-wise lr decay, the head at the full lr and each layer
+            below it this factor times the next one's (``0.7``).
+        ema: weight averaging (:mod:`trainkit.callbacks.averaging`): an exponential moving
+            average of the weights, ``{decay: 0.999, warmup: true}``.
+        swa: stochastic weight averaging of the weights from ``{start_epoch: N}`` on.
         prune: magnitude pruning ``{sparsity, scope, epochs}`` (:mod:`trainkit.nn.prune`; the
             lottery ticket: ``trainkit lottery``, with ``rounds`` and ``rewind_epoch``).
         auroc_thresholds: ``null``: exact AUROC, whose state keeps every score of the epoch;

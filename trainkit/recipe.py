@@ -67,6 +67,9 @@ def check_recipe_files(args: list[str]) -> None:
 def explain_parse_error(message: str, parser: Any) -> str:
     """jsonargparse's message, plus the closest valid keys for an unknown one."""
     message = message.strip()
+    nested = _unknown_nested_key(message)
+    if nested:
+        return nested
     unknown = re.search(r"unrecognized arguments: --([\w.]+)|accept (?:option|nested key) '([\w.]+)'", message)
     if unknown and parser is not None:
         key = unknown.group(1) or unknown.group(2)
@@ -79,3 +82,35 @@ def explain_parse_error(message: str, parser: Any) -> str:
         if siblings and len(siblings) <= 20:
             message += f" (valid: {', '.join(siblings)})"
     return message
+
+
+def _unknown_nested_key(message: str) -> str | None:
+    """One line for an unknown key inside a typed group (``--early_stopping.patiance=3``), which
+    jsonargparse reports as a value matching none of an Optional's types, over eight lines.
+
+    >>> print(_unknown_nested_key('''Parser key "early_stopping":
+    ...   Does not validate against any of the Union subtypes
+    ...   Errors:
+    ...     - Problem with given class_path 'trainkit.callbacks.early_stopping.EarlyStoppingConfig':
+    ...         Option 'patiance' is not accepted'''))
+    early_stopping.patiance: unknown key; did you mean early_stopping.patience? (valid: early_stopping.monitor, early_stopping.mode, early_stopping.patience, early_stopping.min_delta, early_stopping.smoothing)
+    """
+    group = re.search(r'Parser key "([\w.]+)"', message)
+    option = re.search(r"Option '([\w.]+)' is not accepted", message)
+    cls = re.search(r"class_path '([\w.]+)'", message)
+    if not (group and option and cls):
+        return None
+    import inspect
+
+    from trainkit.registry import import_object
+
+    try:
+        params = [p for p in inspect.signature(import_object(cls.group(1), group.group(1))).parameters if p != "self"]
+    except (ConfigError, TypeError, ValueError):
+        return None
+    prefix = group.group(1) + "."
+    key = prefix + option.group(1)
+    valid = [prefix + p for p in params]
+    close = [prefix + c for c in difflib.get_close_matches(option.group(1), params, n=2, cutoff=0.6)]
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"{key}: unknown key{hint} (valid: {', '.join(valid)})"

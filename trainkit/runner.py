@@ -8,13 +8,14 @@ any file is written.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-import sys
 import warnings
 from argparse import ArgumentError
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import yaml
@@ -22,15 +23,18 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.callbacks.progress import ProgressBar as LightningProgressBar
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from trainkit.callbacks.best import best_checkpoint, user_checkpoints
 from trainkit.callbacks.checkpointing import LastCheckpoint
 from trainkit.callbacks.curves import FitCurves
 from trainkit.callbacks.early_stopping import EarlyStoppingConfig, SmoothedEarlyStopping
+from trainkit.callbacks.progress import EpochLine, OneLineSummary, ProgressBar
 from trainkit.callbacks.rng import RNGState
 from trainkit.callbacks.throughput import Throughput, throughput_record
 from trainkit.callbacks.diagnostics import DiagnosticsConfig, diagnostics_callbacks
@@ -38,16 +42,25 @@ from trainkit.callbacks.world import WorldRecord
 from trainkit.checkpoints import check_compatible, first_loadable, load_checkpoint
 from trainkit.data.datamodule import DataModule
 from trainkit.data.preview import augment_seed, pipelines_config, save_pipelines
+from trainkit import cli_help
+from trainkit.console import attach_run_log, detach_run_log
 from trainkit.ensemble import check_ensemble, run_ensemble
 from trainkit.errors import ConfigError
 from trainkit.evaluation import evaluation_plots
+from trainkit.loggers import CSV_FILE, RunCSVLogger, finish_wandb, start_wandb, wandb_logger, write_wandb_id
 from trainkit.recipe import CheckpointConfig, check_recipe_files, explain_parse_error
 from trainkit.module import Classifier
 from trainkit.optim.scaling import check_lr_scaling
 from trainkit.predict import output_path, resolve_input, write_predictions
-from trainkit.rundir import RUN_DIR_ENV, RunConfig, RunDir, atomic_write_text, resolve_run_dir, resume_candidates, wandb_mode
-from trainkit.secrets import find_secret, redact
+from trainkit.rundir import RUN_DIR_ENV, RunConfig, RunDir, atomic_write_text, resolve_run_dir, resume_candidates
+from trainkit.run_recipe import (
+    check_against_checkpoint, check_data_matches, describe_changes, record_changes, with_run_recipe,
+)
+from trainkit.secrets import redact
 from trainkit.verdict import fit_report
+
+log = logging.getLogger(__name__)
+EVALUATIONS = ("validate", "test", "predict")
 
 @dataclass
 class StageResult:
@@ -64,6 +77,7 @@ class TrainkitCLI(LightningCLI):
 
     def __init__(self, args: list[str], run_stage: bool = True):
         self.result: StageResult | None = None
+        detach_run_log()  # this stage's records go to its own run dir once it is known
         self.run_stage = run_stage  # False: parse, check and build everything, run nothing
         with warnings.catch_warnings():
             # argv is given explicitly on purpose (the CLI passes sys.argv[1:], tests their own)
@@ -105,10 +119,14 @@ class TrainkitCLI(LightningCLI):
         if subcommand == "predict":
             parser.add_argument("--input", type=str, default="test", help="train|val|test, a folder of images or a CSV of features")
             self._subcommand_method_arguments[subcommand].append("input")
+        cli_help.tidy(parser, subcommand)
         return parser
 
     # -- parsing: resolve the run dir and checkpoint before anything is built ---------------
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        if args and args[0] in EVALUATIONS:
+            # `trainkit test --run.name N`: the run's own config.yaml is the recipe
+            args = [args[0], *with_run_recipe(args[1:])[0]]
         check_recipe_files(args)
         try:
             super().parse_arguments(parser, args)
@@ -133,35 +151,53 @@ class TrainkitCLI(LightningCLI):
         self.run_dir = resolve_run_dir(self.run_cfg, self.recipe_path, stage)
         # the saved recipe names its run, so `fit --config <run dir>/config.yaml` continues it
         cfg.run.experiment, cfg.run.name = self.run_dir.path.parent.name, self.run_dir.path.name
+        self.eval_settings: dict[str, Any] = {}
         if stage != "fit":
             # best/last resolve in the run dir; LightningCLI then reads the checkpoint's hparams
             cfg.ckpt_path = str(self.run_dir.checkpoint(cfg.ckpt_path or "best"))
-            load_checkpoint(cfg.ckpt_path, "ckpt_path")  # refused or corrupt: exit 2 before anything runs
+            ckpt = load_checkpoint(cfg.ckpt_path, "ckpt_path")  # refused or corrupt: exit 2 before anything runs
+            self.ckpt_hparams = dict(ckpt.get("hyper_parameters") or {})
+            self._check_evaluation(cfg.model.as_dict(), cfg.ckpt_path)
         self.recipe_text = self._parser(stage).dump(cfg, skip_none=False)
         recipe = yaml.safe_load(self.recipe_text)
         if redact(recipe) != recipe:
             # config.yaml and the W&B config never hold credentials (see trainkit.secrets)
             self.recipe_text = yaml.safe_dump(redact(recipe), sort_keys=False)
 
+    def _check_evaluation(self, model_cfg: dict[str, Any], path: str) -> None:
+        """The model is rebuilt from the checkpoint: refuse recipes that disagree with its
+        network, keep the evaluation settings they give, name the training keys that cannot apply."""
+        self.eval_settings, training = check_against_checkpoint(model_cfg, self.ckpt_hparams, path)
+        if training:
+            log.warning(
+                "%s differ%s from the checkpoint's and cannot change a trained model; the evaluation uses "
+                "the checkpoint's", ", ".join(training), "s" if len(training) == 1 else "")
+
+    def before_instantiate_classes(self) -> None:
+        stage = self.config.subcommand
+        for key, value in self.eval_settings.items():
+            # LightningCLI has just replaced the model's keys with the checkpoint's hparams;
+            # evaluation settings (binned AUROC, memory format) are the command line's
+            self.config[stage].model[key] = value
+
     def after_instantiate_classes(self) -> None:
         # load and split the data now, so data errors exit 2 before the run dir is touched
         self.datamodule.setup(self.subcommand)
+        if self.subcommand in EVALUATIONS:
+            path = self.config_init[self.subcommand]["ckpt_path"]
+            check_data_matches(self.ckpt_hparams, self.datamodule.num_classes, self.datamodule.input_shape, path)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_cfg = self.config_init[self.subcommand]["trainer"]
         callbacks = list(trainer_cfg.get("callbacks") or [])
+        self.best_checkpoint: ModelCheckpoint | None = None
+        if trainer_cfg.get("enable_progress_bar") is not False and not any(isinstance(c, LightningProgressBar) for c in callbacks):
+            callbacks.append(ProgressBar(validation_bar=self.subcommand != "fit"))
         if self.subcommand == "fit":
-            callbacks.append(
-                ModelCheckpoint(
-                    dirpath=self.run_dir.checkpoints,
-                    filename="best",
-                    monitor=self.ckpt_cfg.monitor,
-                    mode=self.ckpt_cfg.mode,
-                    save_top_k=1,
-                    save_last=False,  # see LastCheckpoint
-                    auto_insert_metric_name=False,
-                )
-            )
+            self.best_checkpoint = best_checkpoint(self.run_dir.checkpoints, self.ckpt_cfg.monitor, self.ckpt_cfg.mode)
+            # first of the checkpoint callbacks: Lightning's trainer.checkpoint_callback is trainkit's "best"
+            callbacks.insert(0, self.best_checkpoint)
+            user_checkpoints(callbacks, self.best_checkpoint, self.run_dir.checkpoints)
             callbacks += [
                 *diagnostics_callbacks(self.diag_cfg),
                 LastCheckpoint(self.run_dir.checkpoints / "last.ckpt", self.ckpt_cfg.every_n_steps),
@@ -169,7 +205,10 @@ class TrainkitCLI(LightningCLI):
                 RNGState(),
                 FitCurves(),
                 Throughput(),
+                EpochLine(self.ckpt_cfg.monitor, self.best_checkpoint),
             ]
+            if trainer_cfg.get("enable_model_summary") is not False:
+                callbacks.append(OneLineSummary())
             if self.es_cfg is not None:
                 callbacks.append(SmoothedEarlyStopping(self.es_cfg))
         kwargs["callbacks"] = callbacks
@@ -194,29 +233,23 @@ class TrainkitCLI(LightningCLI):
         return trainer
 
     def _loggers(self) -> list[Any]:
-        import wandb as wandb_lib
+        """The run's W&B run and (fit) its CSV history; predict logs nothing (it writes a CSV)."""
+        if self.subcommand == "predict":
+            return []
+        config = None
+        if self.subcommand == "fit":
+            config = {**yaml.safe_load(self.recipe_text), "augment_pipelines": pipelines_config(self.datamodule)}
+        loggers: list[Any] = [wandb_logger(self.subcommand, self.run_dir, config)]
+        if self.subcommand == "fit":
+            loggers.append(RunCSVLogger(self.run_dir.path / CSV_FILE))
+        return loggers
 
-        recipe = yaml.safe_load(self.recipe_text)
-        # a `trainkit sweep` trial (run dir <experiment>/sweep-<study>/trial-N): the experiment's
-        # project, grouped under the sweep's name
-        group = os.environ.get("TRAINKIT_SWEEP") or None
-        wandb = WandbLogger(
-            name=self.run_dir.path.name,
-            project=self.run_dir.path.parent.parent.name if group else self.run_dir.path.parent.name,
-            group=group,
-            # absolute: a W&B service inherited through WANDB_SERVICE may run in another directory
-            save_dir=str(self.run_dir.path.resolve()),
-            id=self.run_dir.wandb_id,
-            resume="allow",
-            mode=wandb_mode(),
-            config={**recipe, "augment_pipelines": pipelines_config(self.datamodule)},
-            job_type=self.subcommand,
-            # W&B's metadata records the command line: leave it out when it carries a secret
-            settings=wandb_lib.Settings(x_disable_meta=find_secret(" ".join(sys.argv)) is not None),
-        )
-        # CSV in a new version folder per invocation: Lightning's CSV logger deletes an
-        # existing metrics.csv in the folder it writes to.
-        return [wandb, CSVLogger(save_dir=str(self.run_dir.path), name="csv")]
+    def _start_logging(self, record: dict[str, Any] | None = None) -> None:
+        """The run's log file and its W&B run, once the run dir is there."""
+        attach_run_log(self.run_dir.path)
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                start_wandb(logger, self.subcommand, record)
 
     # -- stages -------------------------------------------------------------------------------
     def _run_subcommand(self, subcommand: str) -> None:
@@ -238,11 +271,32 @@ class TrainkitCLI(LightningCLI):
         if found:
             check_compatible(found[1], self.model, found[0], key)
             cfg["ckpt_path"] = str(found[0])
+        for logger in self.trainer.loggers:
+            if isinstance(logger, RunCSVLogger):
+                # the history continues from the checkpoint's step; rows after it are dropped
+                logger.resume_step = int(found[1].get("global_step", 0)) if found else 0
         if "LOCAL_RANK" not in os.environ:
             # the processes Lightning starts for the other devices inherit this: one run dir
             os.environ[RUN_DIR_ENV] = str(self.run_dir.path)
-        create_run_dir(self.run_dir, self.recipe_text)
+        create_run_dir(self.run_dir, self.recipe_text, str(found[0]) if found else None)
         save_pipelines(self.run_dir.path, self.datamodule)
+        self._start_logging()
+
+    def before_validate(self) -> None:
+        self._start_evaluation()
+
+    def before_test(self) -> None:
+        self._start_evaluation()
+
+    def before_predict(self) -> None:
+        self._start_evaluation()
+
+    def _start_evaluation(self) -> None:
+        ckpt = self.config_init[self.subcommand]["ckpt_path"]
+        self._start_logging({"checkpoint": os.path.relpath(ckpt, self.run_dir.path), **self.eval_settings})
+        if self.eval_settings:
+            log.info("evaluation settings from the command line: %s",
+                     ", ".join(f"model.{k}={v}" for k, v in self.eval_settings.items()))
 
     def fit(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
         self.trainer.fit(model, datamodule=datamodule, **kwargs)
@@ -251,7 +305,7 @@ class TrainkitCLI(LightningCLI):
             # the requeued job (or the next `fit` with resume: auto) continues from last.ckpt
             self.result = StageResult("fit", {}, self.run_dir.path, {"fit/preempted_at_step": self.trainer.global_step})
             return
-        best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+        best = self.best_checkpoint.best_model_path if self.best_checkpoint is not None else ""
         # before validate(): loading best.ckpt there restores the callbacks' states of that epoch
         report = fit_report(self.trainer, best, datamodule.num_classes)
         # fit reports the validation metrics of the checkpoint it calls best, not the last epoch
@@ -272,19 +326,23 @@ class TrainkitCLI(LightningCLI):
     def validate(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
         if self.ensemble:
             return self._finish("validate", *run_ensemble(self, "val"))
-        self._finish("validate", first(self.trainer.validate(model, datamodule=datamodule, **{**kwargs, "verbose": False})))
+        with fit_callbacks_not_restored():
+            metrics = first(self.trainer.validate(model, datamodule=datamodule, **{**kwargs, "verbose": False}))
+        self._finish("validate", metrics)
 
     def test(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
         if self.ensemble:
             return self._finish("test", *run_ensemble(self, "test"))
-        metrics = first(self.trainer.test(model, datamodule=datamodule, **{**kwargs, "verbose": False}))
+        with fit_callbacks_not_restored():
+            metrics = first(self.trainer.test(model, datamodule=datamodule, **{**kwargs, "verbose": False}))
         plots = evaluation_plots(self.trainer, model, datamodule, self.run_dir.path)
         self._finish("test", metrics, {"test/checkpoint": str(kwargs.get("ckpt_path")), **plots})
 
     def predict(self, model: Classifier, datamodule: DataModule, input: str = "test", **kwargs: Any) -> None:
         inp = resolve_input(input, datamodule)
         loader = torch.utils.data.DataLoader(inp.dataset, batch_size=datamodule.batch_size, num_workers=datamodule.num_workers)
-        batches = self.trainer.predict(model, dataloaders=loader, **kwargs)
+        with fit_callbacks_not_restored():
+            batches = self.trainer.predict(model, dataloaders=loader, **kwargs)
         out = output_path(self.run_dir.path, inp.name)
         _write_predictions(out, batches, inp, datamodule.data.classes)
         self.result = StageResult("predict", {}, self.run_dir.path, {"predictions": str(out)})
@@ -297,13 +355,19 @@ class TrainkitCLI(LightningCLI):
 
 
 @rank_zero_only
-def create_run_dir(run_dir: RunDir, recipe_text: str) -> None:
-    """Make the run dir; write config.yaml and the W&B id only if absent (a resume keeps them)."""
+def create_run_dir(run_dir: RunDir, recipe_text: str, resumed_from: str | None = None) -> None:
+    """Make the run dir; write config.yaml and the W&B id if absent. A run dir that has a
+    config.yaml already (a resume, a restart) keeps it unless the recipe changed: then the
+    change is printed and recorded (:func:`trainkit.run_recipe.record_changes`)."""
     run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
     if not run_dir.config_file.exists():
         atomic_write_text(run_dir.config_file, recipe_text)
-    if not (run_dir.path / "wandb_id").exists():
-        atomic_write_text(run_dir.path / "wandb_id", run_dir.wandb_id + "\n")
+    else:
+        changes = record_changes(run_dir.path, recipe_text, resumed_from)
+        if changes:
+            log.info("recipe changed since this run's config.yaml: %s (recorded in config_history.yaml)",
+                     describe_changes(changes))
+    write_wandb_id(run_dir)
 
 
 @rank_zero_only
@@ -336,11 +400,14 @@ def run(argv: list[str]) -> StageResult:
         finish_wandb()
 
 
-def finish_wandb() -> None:
-    import wandb
-
-    if wandb.run is not None:
-        wandb.finish()
+@contextlib.contextmanager
+def fit_callbacks_not_restored() -> Iterator[None]:
+    """An evaluation loads a fit's checkpoint, whose fit-only callbacks (best/last bookkeeping,
+    RNG states, world record) have nothing to restore: Lightning's warning that they are not
+    in the Trainer is noise here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
+        yield
 
 
 def first(results: list[dict[str, float]]) -> dict[str, float]:

@@ -123,7 +123,8 @@ class LastCheckpoint(Checkpoint):
         a kill between the rename and the write, missing)."""
         if trainer.is_global_zero and self.path.exists():
             os.replace(self.path, self.path.with_name("previous.ckpt"))
-        trainer.save_checkpoint(self.path)
+        # a full checkpoint (optimizer, loops, callbacks): said, so Lightning does not log its default
+        trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_at = trainer.global_step
 
     def _handle(self, signum: int, frame: Any) -> None:

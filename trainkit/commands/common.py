@@ -44,6 +44,33 @@ def command_options(parser: "argparse.ArgumentParser", argv: Sequence[str]) -> t
     return parser.parse_known_args(argv)
 
 
+def join_overrides(tokens: Sequence[str], command: str) -> list[str]:
+    """Recipe overrides in the forms LightningCLI takes, as ``--key=value``: ``--key value``
+    becomes ``--key=value`` (a value may start with ``-``, as a negative number does).
+
+    >>> join_overrides(["--run.root", "R", "--model.optimizer.lr", "-0.1", "--trainer.max_epochs=3"], "launch")
+    ['--run.root=R', '--model.optimizer.lr=-0.1', '--trainer.max_epochs=3']
+
+    Raises:
+        ConfigError: a word that is neither a ``--key`` nor its value.
+    """
+    from trainkit.errors import ConfigError
+
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--"):
+            raise ConfigError(f"overrides are --key=value or --key value, got {token!r}", command)
+        if "=" not in token and i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+            out.append(f"{token}={tokens[i + 1]}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
 def format_table(metrics: dict[str, float]) -> str:
     """Metrics as an aligned two-column table.
 

@@ -54,6 +54,7 @@ def main(argv: Sequence[str]) -> int:
     from trainkit.errors import ConfigError
 
     from trainkit.commands.common import command_options
+    from trainkit.run_recipe import with_run_recipe, without_option
 
     parsed = command_options(_parser(), argv)
     if parsed is None:
@@ -61,6 +62,10 @@ def main(argv: Sequence[str]) -> int:
     opts, rest = parsed
     if opts.overfit_steps < 10 or opts.sweep_steps < 20:
         raise ConfigError(f"need --overfit-steps >= 10 and --sweep-steps >= 20, got {opts.overfit_steps} and {opts.sweep_steps}", "doctor")
+    # `doctor --run.name N`: the checks of run N's recipe, in a doctor run dir beside it
+    rest, run = with_run_recipe(rest, evaluation=False)
+    if run is not None:
+        rest = without_option(rest, "run.name")
     if not any(a.startswith("--run.name") for a in rest):
         rest.append(f"--run.name=doctor-{time.strftime('%Y%m%d-%H%M%S')}")
     checks, run_dir = run_doctor(rest, opts.overfit_steps, opts.sweep_steps)

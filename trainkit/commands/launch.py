@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Sequence
 
 from trainkit.errors import ConfigError
-from trainkit.launching import add_sbatch_options, render_sbatch, sbatch_settings, template, torchrun_command
+from trainkit.commands.common import join_overrides
+from trainkit.launching import (
+    add_sbatch_options, job_resources, query_nodes, render_sbatch, sbatch_settings, template, torchrun_command, torchrun_line,
+)
 from trainkit.secrets import find_secret
 
 
@@ -92,7 +95,8 @@ def parser() -> argparse.ArgumentParser:
     how.add_argument("--torchrun", action="store_true", help="start torchrun on this node (default)")
     how.add_argument("--slurm", action="store_true", help="render an sbatch script and submit it")
     p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--devices", type=int, default=1, help="processes (devices) per node")
+    p.add_argument("--devices", type=int, default=None,
+                   help="processes (devices) per node (default 1; --slurm: the GPUs of the partition's nodes, if any)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the command or script; start nothing")
     p.add_argument("--sweep", action="store_true", help="a SLURM array job of `trainkit sweep` trials (see --sweep --help)")
     t = p.add_argument_group("torchrun")
@@ -109,9 +113,8 @@ def main(argv: Sequence[str]) -> int:
     """``trainkit launch``: see :func:`parser`."""
     if "--sweep" in argv:  # a SLURM array job of sweep trials
         return cmd_launch_sweep([a for a in argv if a != "--sweep"])
-    args, overrides = parser().parse_known_args(list(argv))
-    for bad in (o for o in overrides if not o.startswith("--")):
-        raise ConfigError(f"overrides look like --key=value, got {bad!r}", "launch")
+    args, rest = parser().parse_known_args(list(argv))
+    overrides = join_overrides(rest, "launch")
     for override in overrides:
         if name := find_secret(override):
             raise ConfigError(
@@ -119,14 +122,26 @@ def main(argv: Sequence[str]) -> int:
                 f"scripts: export it and let the job inherit the environment",
                 "launch",
             )
+    nodes = query_nodes(args.partition) if args.slurm else None
+    if args.devices is None:
+        # SLURM: one task per GPU of the partition's nodes where sinfo reports GPUs
+        args.devices = nodes.gpus if nodes is not None and nodes.gpus else 1
     if args.nodes < 1 or args.devices < 1:
         raise ConfigError(f"--nodes and --devices must be >= 1, got {args.nodes} and {args.devices}", "launch")
+    if not args.slurm and args.nodes > 1 and not args.run_id:
+        raise ConfigError(
+            f"--nodes {args.nodes} with torchrun needs --run-id: the same value on every node names the shared "
+            f"run dir and the rendezvous", "launch")
+    if args.slurm:  # checked before the plan: nothing is printed for a request that cannot run
+        resources = job_resources(args, args.devices, nodes)
+        settings = sbatch_settings(args, {"nodes": str(args.nodes), "ntasks-per-node": str(args.devices), **resources})
     plan = make_plan(args.config, overrides, args.nodes, args.devices)
     print(f"plan: {plan.describe()}")
     fit_args = [args.config, *overrides]
     if args.slurm:
-        settings = sbatch_settings(args, {"nodes": str(args.nodes), "ntasks-per-node": str(args.devices)})
-        script = render_sbatch(template("slurm.sbatch").read_text(), settings, fit_args)
+        if nodes is None and args.cpus_per_task is None:
+            print("note: sinfo is not reachable from here; without --cpus-per-task each task gets SLURM's default of one CPU")
+        script = render_sbatch(template("slurm.sbatch").read_text(), settings, fit_args, _python())
         if args.dry_run:
             print(script, end="")
             return 0
@@ -147,11 +162,11 @@ def main(argv: Sequence[str]) -> int:
         env["RDZV_ENDPOINT"] = args.rdzv_endpoint
     else:
         env.update(MASTER_ADDR=args.master_addr, MASTER_PORT=str(args.master_port))
-    command = torchrun_command(fit_args, env)
-    print(shlex.join(command))
+    # the command line torchrun.sh runs, as it will run it (its DRY_RUN)
+    print(torchrun_line(fit_args, env))
     if args.dry_run:
         return 0
-    return subprocess.run(command, check=False).returncode
+    return subprocess.run(torchrun_command(fit_args, env), check=False).returncode
 
 
 def _python() -> str:
@@ -192,9 +207,8 @@ def cmd_launch_sweep(argv: Sequence[str]) -> int:
     from trainkit.sweep.space import dump_space
     from trainkit.sweep.study import grid_size
 
-    args, overrides = sweep_parser().parse_known_args(list(argv))
-    for bad in (o for o in overrides if not o.startswith("--")):
-        raise ConfigError(f"overrides look like --key=value, got {bad!r}", "launch")
+    args, rest = sweep_parser().parse_known_args(list(argv))
+    overrides = join_overrides(rest, "launch")
     workers = args.workers
     args.workers = 1
     if args.study is None:
@@ -211,8 +225,9 @@ def cmd_launch_sweep(argv: Sequence[str]) -> int:
         "--sampler", args.sampler, "--metric", sweep.metric, "--direction", sweep.direction,
         "--pruner", args.pruner, "--seed", str(args.seed), *overrides,
     ]
-    settings = sbatch_settings(args, {"array": f"0-{trials - 1}" + (f"%{workers}" if workers else "")})
-    script = render_sbatch(template("sweep.sbatch").read_text(), settings, task_args)
+    resources = job_resources(args, 1, query_nodes(args.partition))
+    settings = sbatch_settings(args, {"array": f"0-{trials - 1}" + (f"%{workers}" if workers else ""), **resources})
+    script = render_sbatch(template("sweep.sbatch").read_text(), settings, task_args, _python())
     print(f"sweep {sweep.name}: {trials} array tasks, one trial each; sweep dir {sweep.sweep_dir}; storage {storage}")
     if args.dry_run:
         print(script, end="")

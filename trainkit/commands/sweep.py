@@ -10,7 +10,8 @@ import subprocess
 import sys
 from typing import Sequence
 
-from trainkit.errors import ConfigError
+from trainkit.commands.common import join_overrides
+from trainkit.optional import optional_import
 from trainkit.sweep.plan import Sweep, parser, resolve
 from trainkit.sweep.space import dump_space
 from trainkit.sweep.study import grid_size
@@ -18,9 +19,9 @@ from trainkit.sweep.study import grid_size
 
 def main(argv: Sequence[str]) -> int:
     """``trainkit sweep``: see :func:`parser`."""
-    args, overrides = parser().parse_known_args(list(argv))
-    for bad in (o for o in overrides if not o.startswith("--")):
-        raise ConfigError(f"overrides look like --key=value, got {bad!r}", "sweep")
+    optional_import("optuna", "sweep")  # the 'sweep' extra: one message if it is missing
+    args, rest = parser().parse_known_args(list(argv))
+    overrides = join_overrides(rest, "sweep")
     sweep = resolve(args, overrides)
     from trainkit.sweep.study import open_study, pruner, sampler, storage, work
 

@@ -34,6 +34,8 @@ def build_net(
     """The architecture with the recipe's norm, dropout and init applied (see module docstring)."""
     check_dropout(dropout)
     scheme = inits.split_spec(init)[0] if init is not None else None
+    if scheme is not None and (arch_args or {}).get("pretrained") not in (None, False):
+        raise ConfigError("would re-draw the weights that arch_args.pretrained loads: set model.init: null", "model.init")
     net = build_arch(arch, num_classes, input_shape, activation, arch_args, norm=norm, dropout=dropout)
     if scheme is not None and scheme != "checkpoint":
         inits.init_model(net, init, activation_gain(activation))
