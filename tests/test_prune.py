@@ -3,6 +3,8 @@ ensembles, and the lottery ticket on the digits MLP."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import DEFAULT_RECIPE, QUIET
@@ -80,3 +82,35 @@ def test_a_rewound_ticket_at_80_percent_sparsity_stays_within_2_points_of_dense(
     dense, ticket = rows
     assert dense["sparsity"] == 0.0 and ticket["sparsity"] == pytest.approx(0.8, abs=1e-4)
     assert ticket["val/acc"] >= dense["val/acc"] - 0.02, rows
+
+
+def test_pruning_after_the_best_epoch_reports_and_tests_the_pruned_model(capsys):
+    # the recipe's defaults (W&B offline, 2 workers); 97% sparsity at the last epoch is worse on
+    # val than the dense epochs before it, which used to leave best.ckpt dense: fit crashed
+    # loading it into the pruned model, or `test` reported the dense model
+    recipe = ["--config", str(DEFAULT_RECIPE.parent / "digits_lottery.yaml"), "--run.name=late"]
+    args = ["--trainer.max_epochs=3", "--model.prune={sparsity: 0.97, epochs: [2]}"]
+    assert main(["fit", *recipe, *args]) == 0
+    metrics = json.loads(open("runs/digits_lottery/late/metrics.json").read())
+    assert metrics["fit/best_epoch"] == 3, "best.ckpt is ranked among the pruned model's epochs"
+    best = torch.load("runs/digits_lottery/late/checkpoints/best.ckpt", weights_only=True)["state_dict"]
+    masks = [v for k, v in best.items() if k.endswith("weight_mask")]
+    total = sum(m.numel() for m in masks)
+    assert len(masks) == 4 and sum(int((m == 0).sum()) for m in masks) == round(0.97 * total)
+    assert main(["test", *recipe]) == 0
+    tested = json.loads(open("runs/digits_lottery/late/metrics.json").read())
+    assert tested["test/checkpoint"].endswith("best.ckpt") and tested["test/acc"] > 0.5
+
+
+def test_checkpoints_of_either_kind_load_into_models_of_either_kind():
+    from trainkit.module import Classifier
+
+    dense, pruned = Classifier(arch_args={"depth": 2, "width": 32}), Classifier(arch_args={"depth": 2, "width": 32})
+    prune_to(pruned.net, 0.5)
+    for source, target in ((dense, pruned), (pruned, dense), (pruned, Classifier(arch_args={"depth": 2, "width": 32}))):
+        checkpoint = {"state_dict": {k: v.clone() for k, v in source.state_dict().items()}}
+        target.on_load_checkpoint(checkpoint)  # as Lightning does before load_state_dict
+        target.load_state_dict(checkpoint["state_dict"])  # strict: the layouts match
+        x = torch.randn(5, 1, 8, 8)
+        assert torch.equal(target.eval()(x), source.eval()(x))
+        assert sparsity(target.net) == sparsity(source.net)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from trainkit.errors import ConfigError
 from trainkit.metrics import make_metrics, scores
-from trainkit.nn.prune import attach_masks
+from trainkit.nn.prune import match_masks
 
 ENSEMBLES = ("snapshots",)
 
@@ -41,7 +41,7 @@ def check_ensemble(value: str | None, stage: str) -> str | None:
 def member_probs(model: torch.nn.Module, checkpoint: Path, loader: Iterable[Any], device: torch.device) -> tuple[Tensor, Tensor]:
     """Softmax outputs and targets of ``model`` with the weights of ``checkpoint`` on ``loader``."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    attach_masks(model.net, state, "net.")
+    match_masks(model.net, state, "net.")
     model.load_state_dict(state)
     model.to(device).eval()
     probs, targets = [], []
