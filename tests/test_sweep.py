@@ -76,6 +76,24 @@ def test_unknown_space_path_exits_2_before_any_trial(space, named, hint, capsys)
     assert not Path("runs").exists(), "nothing is written before the space is checked"
 
 
+@pytest.mark.parametrize(
+    "space, sampler, refused",
+    [("model.dropout: {uniform: [0.0, 1.5]}", "random", "1.5 (high end of uniform [0.0, 1.5])"),
+     ("model.dropout: {choice: [0.1, abc]}", "grid", "'abc' (choice 2 of [0.1, abc])"),
+     ("model.optimizer.lr: {loguniform: [1.0e-3, 0.1]}\nmodel.label_smoothing: {uniform: [0.0, 1.0]}", "tpe",
+      "model.label_smoothing: 1.0 (high end of uniform [0.0, 1.0])")],
+)
+def test_every_end_of_a_range_and_every_choice_is_checked_before_any_trial(space, sampler, refused, capsys):
+    # the first value of each used to be the only one built: trial 0 ran, a later one aborted
+    Path("space.yaml").write_text(space + "\n")
+    args = ["sweep", "--config", str(DEFAULT_RECIPE), "--space", "space.yaml", "--sampler", sampler, "--trials", "3"]
+    assert main([*args, *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    refused = refused if refused.startswith("model.") else f"model.dropout: {refused}"
+    assert err.startswith(f"trainkit: error: {refused} is refused, so no trial runs"), err
+    assert not Path("runs").exists(), "nothing is written for a refused space"
+
+
 def test_two_workers_share_one_sqlite_study_without_duplicate_grid_points():
     Path("space.yaml").write_text("model.optimizer.lr: {choice: [0.05, 0.1]}\nmodel.dropout: {choice: [0.0, 0.2]}\n")
     # this process is worker 0 and starts worker 1; 3 trials of a 4-point grid: 2 here, 1 there
