@@ -3,6 +3,7 @@ ensembles, and the lottery ticket on the digits MLP."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -14,7 +15,8 @@ from trainkit.ensemble import ensemble_metrics
 from trainkit.commands.lottery import lottery
 from trainkit.models import build_arch
 from trainkit.nn.prune import prunable, prune_to, sparsity
-from trainkit.runner import TrainkitCLI
+from trainkit.runner import TrainkitCLI, finish_wandb
+from wandb_records import read_run
 from trainkit.callbacks.snapshots import snapshot_paths
 
 FIT = ["--config", str(DEFAULT_RECIPE), "--data.num_workers=0", "--trainer.logger=false", *QUIET]
@@ -66,9 +68,26 @@ def test_snapshot_ensemble_is_at_least_as_accurate_as_its_members_on_average():
     members = [m[f"val/snapshot-{k}/acc"] for k in (1, 2, 3)]
     assert len(set(members)) > 1, "the snapshots are different models"
     assert m["val/acc"] >= sum(members) / 3, m
-    assert main(["test", *FIT, "--run.name=s", "--ensemble=snapshots"]) == 0
+    # with W&B on, as users run it: the ensemble and its members are logged like a plain test
+    # (the metrics.json check alone never saw that nothing reached W&B and no plot was drawn)
+    on = [a for a in FIT if a != "--trainer.logger=false"]
+    assert main(["test", *on, "--run.name=s", "--ensemble=snapshots"]) == 0
+    finish_wandb()
     out = capsys_free_metrics(cli)
     assert {"test/acc", "test/snapshot-1/acc", "test/snapshot-3/loss"} <= set(out)
+    run_dir = cli.run_dir.path
+    for folder in (run_dir, *(run_dir / "ensemble" / f"snapshot-{k}" for k in (1, 2, 3))):
+        for name in ("confusion_matrix", "roc", "pr"):
+            assert (folder / f"{name}.png").stat().st_size > 10_000, folder
+    records = read_run(run_dir)
+    logged = {k: v for row in records["history"] for k, v in row.items()}
+    assert logged["test/acc"] == pytest.approx(out["test/acc"])
+    assert logged["test/snapshot-2/acc"] == pytest.approx(out["test/snapshot-2/acc"])
+    images = {"test/plot/roc", "test/snapshot-1/plot/pr", "test/snapshot-3/plot/confusion_matrix"}
+    assert all(logged[f"{k}/_type"] == "image-file" for k in images), sorted(logged)
+    assert {"test/confusion_matrix_table/_type", "test/roc_table/_type", "test/snapshot-2/pr_table/_type"} <= set(logged)
+    rows = list(csv.DictReader(next(iter(sorted((run_dir / "csv").glob("version_*"))[-1:])).joinpath("metrics.csv").open()))
+    assert float(rows[-1]["test/acc"]) == pytest.approx(out["test/acc"])
 
 
 def capsys_free_metrics(cli: TrainkitCLI) -> dict:
