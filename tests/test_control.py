@@ -225,3 +225,39 @@ def test_fit_without_validation_trains_and_records_its_epochs():
     assert record["fit/epochs"] == 2 and record["fit/best_checkpoint"] is None
     assert record["perf/train_samples_per_s"] > 0 and not any(k.startswith("val/") for k in record)
     assert Path("runs/digits_mlp/noval/checkpoints/last.ckpt").is_file()
+    # ... and says so, with the training metrics it has in place of val ones
+    assert record["fit/validation"].startswith("none (trainer.limit_val_batches: 0): no best.ckpt")
+    assert 0.5 < record["train/acc"] <= 1 and "verdict" not in record
+
+
+def test_val_fraction_0_trains_and_reports_what_exists(capsys):
+    # the recipe's defaults (W&B offline, 2 workers): no split to validate on, so no best.ckpt
+    # and no verdict; fit says so and reports the last epoch's training metrics
+    args = ["--config", str(DEFAULT_RECIPE), "--run.name=nv", "--data.val_fraction=0", "--trainer.max_epochs=2"]
+    assert main(["fit", *args]) == 0
+    out = capsys.readouterr().out
+    record = json.loads(Path("runs/digits_mlp/nv/metrics.json").read_text())
+    assert record["fit/validation"].startswith("none (data.val_fraction: 0): no best.ckpt and no verdict")
+    assert f"fit/validation: {record['fit/validation']}" in out and "train/acc" in out
+    assert record["train/acc"] > 0.5 and not any(k.startswith("val/") for k in record)
+    assert sorted(p.name for p in Path("runs/digits_mlp/nv/checkpoints").iterdir()) == ["last.ckpt", "previous.ckpt"]
+    assert main(["test", *args, "--ckpt_path=last"]) == 0  # the model it names is testable
+    assert json.loads(Path("runs/digits_mlp/nv/metrics.json").read_text())["test/acc"] > 0.5
+    # early stopping on a val metric cannot work without a val split: refused before any file
+    assert main(["fit", *args, "--run.name=es", "--early_stopping={monitor: val/loss}"]) == 2
+    assert "early_stopping.monitor: monitors val/loss, but data.val_fraction: 0" in capsys.readouterr().err
+    assert not Path("runs/digits_mlp/es").exists()
+
+
+def test_an_integer_limit_val_batches_is_a_count_of_batches():
+    # typing's union cache made Lightning's Union[int, float] float first: 1 read as 1.0 (all
+    # batches). Tests passed --trainer.limit_val_batches=1 only to run faster, and never looked
+    cli = TrainkitCLI(["fit", "--config", str(DEFAULT_RECIPE), *FAST, "--trainer.max_epochs=1",
+                       "--trainer.limit_val_batches", "1", "--trainer.limit_train_batches", "2"])
+    assert cli.trainer.limit_val_batches == 1 and isinstance(cli.trainer.limit_val_batches, int)
+    assert cli.trainer.num_val_batches == [1] and cli.trainer.num_training_batches == 2
+    for value, expected in (("1.0", 1.0), ("0.5", 0.5), ("3", 3)):
+        parsed = TrainkitCLI(["fit", "--config", str(DEFAULT_RECIPE), *FAST, f"--trainer.limit_val_batches={value}",
+                              f"--trainer.val_check_interval={value}"], run_stage=False).trainer
+        assert type(parsed.limit_val_batches) is type(expected) and parsed.limit_val_batches == expected
+        assert type(parsed.val_check_interval) is type(expected)

@@ -41,6 +41,7 @@ from trainkit.data.preview import augment_seed, pipelines_config, save_pipelines
 from trainkit.ensemble import check_ensemble, run_ensemble
 from trainkit.errors import ConfigError
 from trainkit.evaluation import evaluation_plots
+from trainkit.metrics import METRIC_NAMES
 from trainkit.recipe import CheckpointConfig, check_recipe_files, explain_parse_error
 from trainkit.module import Classifier
 from trainkit.optim.scaling import check_lr_scaling
@@ -88,6 +89,7 @@ class TrainkitCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        ints_stay_ints(parser)
         parser.add_class_arguments(RunConfig, "run")
         parser.add_class_arguments(CheckpointConfig, "checkpoint", instantiate=False)
         parser.add_argument("--early_stopping", type=Optional[EarlyStoppingConfig], default=None, help="early stopping (null: off)")
@@ -146,6 +148,10 @@ class TrainkitCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         # load and split the data now, so data errors exit 2 before the run dir is touched
         self.datamodule.setup(self.subcommand)
+        es = self.es_cfg if self.subcommand == "fit" else None
+        if es is not None and es.monitor.startswith("val/") and not len(self.datamodule.splits["val"]):
+            raise ConfigError(f"monitors {es.monitor}, but data.val_fraction: 0 leaves no validation split "
+                              "(monitor a train/ metric, or keep a validation split)", "early_stopping.monitor")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_cfg = self.config_init[self.subcommand]["trainer"]
@@ -254,10 +260,17 @@ class TrainkitCLI(LightningCLI):
         best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
         # before validate(): loading best.ckpt there restores the callbacks' states of that epoch
         report = fit_report(self.trainer, best, datamodule.num_classes)
-        # fit reports the validation metrics of the checkpoint it calls best, not the last epoch
-        metrics = first(self.trainer.validate(
-            model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
-        ))
+        unvalidated = no_validation(self.trainer, datamodule)
+        if unvalidated:
+            # nothing to rank or validate: report what exists, and say so
+            metrics = {k: v for k, v in self.trainer.callback_metrics.items()
+                       if k.startswith("train/") and k.split("/", 1)[1] in METRIC_NAMES}
+            report["fit/validation"] = unvalidated
+        else:
+            # fit reports the validation metrics of the checkpoint it calls best, not the last epoch
+            metrics = first(self.trainer.validate(
+                model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
+            ))
         self._finish(
             "fit",
             metrics,
@@ -294,6 +307,25 @@ class TrainkitCLI(LightningCLI):
         extra = extra or {}
         _write_metrics(self.run_dir, {**metrics, **extra})
         self.result = StageResult(stage, metrics, self.run_dir.path, extra)
+
+
+def ints_stay_ints(parser: LightningArgumentParser) -> None:
+    """Parse the Trainer's ``int | float`` arguments int first, as Lightning declares them:
+    ``--trainer.limit_val_batches 1`` is one batch, ``1.0`` all of them (likewise the other
+    ``limit_*_batches``, ``overfit_batches``, ``val_check_interval``).
+
+    Lightning writes ``Optional[Union[int, float]]``, but typing caches unions by their set of
+    types, and lightning.fabric's ``Optional[Union[float, int]]`` is created first: the Trainer's
+    annotation *is* that float-first object, and jsonargparse, trying float first, reads 1 as
+    1.0 (100%) (Lightning issue 21259). There is no public way to retype an argument that
+    LightningCLI added, hence jsonargparse's ``_typehint`` of the action; a ``X | Y`` union is
+    not cached, so it keeps the order.
+    """
+    for action in parser._actions:
+        typehint = getattr(action, "_typehint", None)
+        args = set(getattr(typehint, "__args__", ()) or ())
+        if action.dest.startswith("trainer.") and args - {type(None)} == {int, float}:
+            action._typehint = int | float | None if type(None) in args else int | float
 
 
 @rank_zero_only
@@ -341,6 +373,17 @@ def finish_wandb() -> None:
 
     if wandb.run is not None:
         wandb.finish()
+
+
+def no_validation(trainer: Trainer, datamodule: DataModule) -> str | None:
+    """Why a finished fit never validated (``data.val_fraction: 0``, ``limit_val_batches: 0``),
+    as the line ``fit`` reports; ``None`` when it validated."""
+    if any(k.startswith("val/") for k in trainer.callback_metrics):
+        return None
+    cause = ("data.val_fraction: 0" if not len(datamodule.splits.get("val", ())) else
+             "trainer.limit_val_batches: 0" if trainer.limit_val_batches == 0 else "no validation epoch ran")
+    return (f"none ({cause}): no best.ckpt and no verdict; the metrics are the last training epoch's "
+            "(train mode, running means); last.ckpt is the trained model (trainkit test --ckpt_path last)")
 
 
 def first(results: list[dict[str, float]]) -> dict[str, float]:
