@@ -261,3 +261,22 @@ def test_an_integer_limit_val_batches_is_a_count_of_batches():
                               f"--trainer.val_check_interval={value}"], run_stage=False).trainer
         assert type(parsed.limit_val_batches) is type(expected) and parsed.limit_val_batches == expected
         assert type(parsed.val_check_interval) is type(expected)
+
+
+def test_the_best_checkpoints_final_validation_is_not_a_point_of_the_val_curves():
+    # fit validates best.ckpt once more to report it; logged as val/*, that replay was one more
+    # point at the end of every val curve (W&B and CSV), jumping back to the best epoch's value
+    from wandb_records import read_run
+
+    assert main(["fit", "--config", str(DEFAULT_RECIPE), "--run.name=curve", "--trainer.max_epochs=3", *QUIET,
+                 "--model.arch_args={depth: 1, width: 32}", "--model.optimizer.lr=0.5"]) == 0
+    run_dir = Path("runs/digits_mlp/curve")
+    record = json.loads((run_dir / "metrics.json").read_text())
+    with next(run_dir.glob("csv/version_*/metrics.csv")).open() as f:
+        rows = list(csv.DictReader(f))
+    history = read_run(run_dir)["history"]
+    for source in (rows, history):
+        val = [float(r["val/acc"]) for r in source if r.get("val/acc") not in (None, "")]
+        best = [float(r["best/val/acc"]) for r in source if r.get("best/val/acc") not in (None, "")]
+        assert len(val) == 3, "one point per epoch"
+        assert best == [pytest.approx(record["val/acc"])] and max(val) == pytest.approx(record["val/acc"])

@@ -268,9 +268,7 @@ class TrainkitCLI(LightningCLI):
             report["fit/validation"] = unvalidated
         else:
             # fit reports the validation metrics of the checkpoint it calls best, not the last epoch
-            metrics = first(self.trainer.validate(
-                model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
-            ))
+            metrics = self._validate_best(model, datamodule, best)
         self._finish(
             "fit",
             metrics,
@@ -281,6 +279,22 @@ class TrainkitCLI(LightningCLI):
                 **report,
             },
         )
+
+    def _validate_best(self, model: Classifier, datamodule: DataModule, best: str) -> dict[str, float]:
+        """Validate ``best`` (the final model when empty) and log its metrics as ``best/val/*``:
+        under the val curves' own names it would be one more point of them, a jump back to the
+        best value at the last step."""
+        loggers, self.trainer.loggers = self.trainer.loggers, []
+        try:
+            metrics = first(self.trainer.validate(model, datamodule=datamodule, ckpt_path=best or None,
+                                                  verbose=False, weights_only=True))
+        finally:
+            self.trainer.loggers = loggers
+        if self.trainer.is_global_zero:
+            for logger in loggers:
+                logger.log_metrics({f"best/{k}": float(v) for k, v in metrics.items()}, step=self.trainer.global_step)
+                logger.save()
+        return metrics
 
     def validate(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
         if self.ensemble:
