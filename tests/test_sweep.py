@@ -134,6 +134,10 @@ def test_pruning_stops_a_hopeless_trial_early():
     assert pruner.pruned_at == 0, "the first epoch under the median is pruned"
     assert result.extra["fit/epochs"] == 1 and result.run_dir == Path("runs/x/sweep-p/trial-0001")
     assert (result.run_dir / "metrics.json").is_file(), "a pruned trial still leaves a complete run dir"
+    # ... which says it was pruned (checking only that the file existed, it said "epoch budget")
+    record = json.loads((result.run_dir / "metrics.json").read_text())
+    assert record["fit/stop_reason"].startswith("pruned by the sweep (MedianPruner) after epoch 1: val/acc ")
+    assert record["fit/early_stopped"] is True and record["fit/stopped_epoch"] == 1
 
 
 def test_refine_narrows_around_the_best_trials():

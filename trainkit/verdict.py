@@ -95,7 +95,13 @@ def fit_report(trainer: Any, best_checkpoint: str, num_classes: int) -> dict[str
     from trainkit.callbacks.early_stopping import SmoothedEarlyStopping
 
     es = next((c for c in trainer.callbacks if isinstance(c, SmoothedEarlyStopping)), None)
-    if es is not None:
+    # any other callback that stopped the run names why (a sweep's pruner: trainkit.sweep.trials)
+    stopper = next((c for c in trainer.callbacks if isinstance(getattr(c, "stop_reason", None), str)), None)
+    if stopper is not None:
+        out = {"fit/stop_reason": stopper.stop_reason, "fit/early_stopped": True, "fit/stopped_epoch": trainer.current_epoch}
+        if es is not None:
+            out["fit/es_best_epoch"] = es.best_epoch
+    elif es is not None:
         out = es.summary()
     else:
         budget = "step budget" if trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps else "epoch budget"
