@@ -17,6 +17,7 @@ from trainkit.callbacks.early_stopping import EarlyStoppingConfig, SmoothedEarly
 from trainkit.cli import main
 from trainkit.data.datamodule import DataModule
 from trainkit.runner import TrainkitCLI
+from trainkit.verdict import fit_verdict
 
 FAST = ["--data.num_workers=0", "--trainer.logger=false", *QUIET]
 
@@ -113,11 +114,65 @@ def test_verdict_over_fitting_wide_mlp_on_10_percent_of_digits():
     assert "training samples" in v["line"]
 
 
-def test_verdict_under_fitting_linear_model_tiny_lr():
-    m = fit("under", "--model.arch_args={depth: 0}", "--model.optimizer={name: sgd, lr: 1.0e-4}", "--trainer.max_epochs=2")
+def test_verdict_under_fitting_weight_decay_too_strong():
+    m = fit("under", "--model.optimizer.weight_decay=0.5", "--model.arch_args={depth: 1, width: 64}", "--trainer.max_epochs=3")
     v = m["verdict"]
     assert v["verdict"] == "under-fitting", v
     assert v["train_loss"] > 0.3 * np.log(10) and abs(v["gap"]) < 0.1 * np.log(10)
+
+
+def test_verdict_diverged_lr_too_high():
+    # lr 1.5 blows the loss above chance in epoch 1; the ReLUs die and it stays at chance (this
+    # was "under-fitting")
+    m = fit("diverged", "--model.optimizer.lr=1.5", "--model.arch_args={depth: 1, width: 64}", "--trainer.max_epochs=3")
+    v = m["verdict"]
+    assert v["verdict"] == "diverged" and "lr is likely too high" in v["reason"], v
+    assert v["val_loss"] > 0.9 * np.log(10)
+
+
+C10 = float(np.log(10))
+DIVERGED = ([2.7989, 2.3904, 2.3202, 2.3168, 2.3185, 2.3127], [2.7729, 2.3936, 2.321, 2.3196, 2.3152, 2.3133])  # lr 0.6 on digits
+STEADY = ([2.279 - 0.0245 * i for i in range(10)], [2.28 - 0.0245 * i for i in range(10)])  # 2.279 -> 2.058 at lr 3e-3
+
+
+@pytest.mark.parametrize("val, train, expected, before", [
+    # the cases the review found, with the verdict the old rules gave
+    ([1.20, 0.29, 0.17], [1.13, 0.25, 0.08], "still improving", "converged"),
+    (*DIVERGED, "diverged", "under-fitting"),
+    ([0.3, 0.1, 0.06, 0.043, 0.045, 0.052], [0.3, 0.08, 0.04, 0.02, 0.01, 0.005], "converged", "over-fitting"),  # +0.009
+    (*STEADY, "still improving", "under-fitting"),
+    # and one curve per verdict
+    ([1.2, 0.3], [1.1, 0.2], "too short to judge", "converged"),
+    ([1.2, 0.3, float("nan")], [1.1, 0.2, float("nan")], "diverged", "converged"),
+    ([1.0, 0.3, 0.2, 0.5, 0.9], [0.9, 0.2, 0.1, 0.4, 0.8], "diverged", "under-fitting"),  # both climb back
+    ([1.0, 0.5, 0.3, 0.35, 0.45, 0.6], [0.9, 0.4, 0.2, 0.1, 0.05, 0.02], "over-fitting", "over-fitting"),
+    ([1.0, 0.6, 0.5, 0.48, 0.47, 0.47], [0.5, 0.1, 0.03, 0.01, 0.005, 0.003], "over-fitting", "over-fitting"),  # gap
+    ([2.3026, 2.3028, 2.3032, 2.3028, 2.3028], [2.3028, 2.3027, 2.3032, 2.3031, 2.3031], "under-fitting", "under-fitting"),
+    ([1.0, 0.3, 0.2, 0.21, 0.19, 0.2, 0.21], [0.9, 0.25, 0.15, 0.15, 0.14, 0.14, 0.14], "converged", "converged"),
+    # a new minimum smaller than the noise of the last epochs is no trend
+    ([1.0, 0.5, 0.62, 0.45, 0.6, 0.44, 0.58, 0.42], [0.9, 0.4, 0.4, 0.38, 0.38, 0.37, 0.37, 0.36], "converged", "still improving"),
+])
+def test_verdict_rules_are_scale_aware(val, train, expected, before):
+    v = fit_verdict(val, train, 10, stopped_early=False)
+    assert v["verdict"] == expected, v
+    assert old_verdict(val, train) == before, "the case shows what the old rules said"
+
+
+def old_verdict(val: list[float], train: list[float]) -> str:
+    """The rules before issue 19 (relative rise > 20%, gains over a fixed 3-epoch window)."""
+    best = min(range(len(val)), key=val.__getitem__)
+    rise, gap = (val[-1] - val[best]) / val[best], val[-1] - train[-1]
+    gain = min(val[:-3]) - min(val[-3:]) if len(val) > 3 else 0.0
+    if (rise > 0.2 and train[-1] < train[best]) or gap > 0.15 * C10:
+        return "over-fitting"
+    if train[-1] > 0.3 * C10 and abs(gap) < 0.1 * C10:
+        return "under-fitting"
+    return "still improving" if gain > 0.01 * C10 else "converged"
+
+
+def test_an_early_stopped_run_is_not_still_improving():
+    v = fit_verdict(*STEADY, 10, stopped_early=True)
+    assert v["verdict"] == "under-fitting", v
 
 
 # (the default recipe's "converged" verdict is checked in test_e2e.py, on its full fit)

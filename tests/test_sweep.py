@@ -49,7 +49,9 @@ def test_grid_over_two_learning_rates_picks_the_sane_one(lr_grid: Path):
         run_dir = Path(lr_grid.parents[2], row["run_dir"]) if not Path(row["run_dir"]).is_absolute() else Path(row["run_dir"])
         assert run_dir.parent == lr_grid
         assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["optimizer"]["lr"] == lr
-        assert json.loads((run_dir / "metrics.json").read_text())["val/acc"] == pytest.approx(float(row["val/acc"]))
+        record = json.loads((run_dir / "metrics.json").read_text())
+        assert record["val/acc"] == pytest.approx(float(row["val/acc"]))
+        assert record["verdict"]["verdict"] == "too short to judge", record["verdict"]  # 2 epochs (a real run)
     for png in ("history.png", "importance.png"):
         assert (lr_grid / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
