@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,17 +109,24 @@ def test_pruning_after_the_best_epoch_reports_and_tests_the_pruned_model(capsys)
     # val than the dense epochs before it, which used to leave best.ckpt dense: fit crashed
     # loading it into the pruned model, or `test` reported the dense model
     recipe = ["--config", str(DEFAULT_RECIPE.parent / "digits_lottery.yaml"), "--run.name=late"]
-    args = ["--trainer.max_epochs=3", "--model.prune={sparsity: 0.97, epochs: [2]}"]
+    small = ["--model.arch_args={depth: 2, width: 64}"]
+    args = [*small, "--trainer.max_epochs=3", "--model.prune={sparsity: 0.97, epochs: [2]}",
+            "--early_stopping={monitor: val/acc, patience: 1}"]
     assert main(["fit", *recipe, *args]) == 0
+    with next(Path("runs/digits_lottery/late").glob("csv/version_*/metrics.csv")).open() as f:
+        val = [float(r["val/acc"]) for r in csv.DictReader(f) if r.get("val/acc")]
+    assert len(val) == 3 and max(val[:2]) > val[2], "the case: the dense epochs rank higher than the pruned one"
     metrics = json.loads(open("runs/digits_lottery/late/metrics.json").read())
     assert metrics["fit/best_epoch"] == 3, "best.ckpt is ranked among the pruned model's epochs"
+    # early stopping judges the pruned model afresh too: no "did not improve" at its first epoch
+    assert metrics["fit/stop_reason"] == "epoch budget" and metrics["fit/es_best_epoch"] == 3, metrics
     best = torch.load("runs/digits_lottery/late/checkpoints/best.ckpt", weights_only=True)["state_dict"]
     masks = [v for k, v in best.items() if k.endswith("weight_mask")]
     total = sum(m.numel() for m in masks)
-    assert len(masks) == 4 and sum(int((m == 0).sum()) for m in masks) == round(0.97 * total)
-    assert main(["test", *recipe]) == 0
-    tested = json.loads(open("runs/digits_lottery/late/metrics.json").read())
-    assert tested["test/checkpoint"].endswith("best.ckpt") and tested["test/acc"] > 0.5
+    assert len(masks) == 3 and sum(int((m == 0).sum()) for m in masks) == round(0.97 * total)
+    tested = TrainkitCLI(["test", *recipe, *small])  # `trainkit test` tests the pruned model
+    assert sparsity(tested.model.net) == pytest.approx(0.97, abs=1 / total)
+    assert tested.result.extra["test/checkpoint"].endswith("best.ckpt") and tested.result.metrics["test/acc"] > 0.3
 
 
 def test_checkpoints_of_either_kind_load_into_models_of_either_kind():
