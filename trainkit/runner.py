@@ -260,12 +260,10 @@ class TrainkitCLI(LightningCLI):
         best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
         # before validate(): loading best.ckpt there restores the callbacks' states of that epoch
         report = fit_report(self.trainer, best, datamodule.num_classes)
-        unvalidated = no_validation(self.trainer, datamodule)
-        if unvalidated:
-            # nothing to rank or validate: report what exists, and say so
+        if "fit/validation" in report:
+            # nothing was validated (data.val_fraction: 0, ...): report what exists, as the line says
             metrics = {k: v for k, v in self.trainer.callback_metrics.items()
                        if k.startswith("train/") and k.split("/", 1)[1] in METRIC_NAMES}
-            report["fit/validation"] = unvalidated
         else:
             # fit reports the validation metrics of the checkpoint it calls best, not the last epoch
             metrics = self._validate_best(model, datamodule, best)
@@ -387,17 +385,6 @@ def finish_wandb() -> None:
 
     if wandb.run is not None:
         wandb.finish()
-
-
-def no_validation(trainer: Trainer, datamodule: DataModule) -> str | None:
-    """Why a finished fit never validated (``data.val_fraction: 0``, ``limit_val_batches: 0``),
-    as the line ``fit`` reports; ``None`` when it validated."""
-    if any(k.startswith("val/") for k in trainer.callback_metrics):
-        return None
-    cause = ("data.val_fraction: 0" if not len(datamodule.splits.get("val", ())) else
-             "trainer.limit_val_batches: 0" if trainer.limit_val_batches == 0 else "no validation epoch ran")
-    return (f"none ({cause}): no best.ckpt and no verdict; the metrics are the last training epoch's "
-            "(train mode, running means); last.ckpt is the trained model (trainkit test --ckpt_path last)")
 
 
 def first(results: list[dict[str, float]]) -> dict[str, float]:

@@ -151,7 +151,8 @@ def _epochs(n: int) -> str:
 
 def fit_report(trainer: Any, best_checkpoint: str, num_classes: int) -> dict[str, Any]:
     """``fit/*`` entries and the ``verdict`` of a finished ``fit``: why and when it stopped,
-    the best checkpoint's epoch, and :func:`fit_verdict` of the recorded curves. Also logged."""
+    the best checkpoint's epoch, :func:`fit_verdict` of the recorded curves, and
+    ``fit/validation`` when nothing was validated (:func:`no_validation`). Also logged."""
     import torch
 
     from trainkit.callbacks.curves import FitCurves
@@ -172,6 +173,9 @@ def fit_report(trainer: Any, best_checkpoint: str, num_classes: int) -> dict[str
     if best_checkpoint:
         # the epoch field of a checkpoint is the 0-based epoch it was saved in
         out["fit/best_epoch"] = int(torch.load(best_checkpoint, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1
+    unvalidated = no_validation(trainer)
+    if unvalidated:
+        out["fit/validation"] = unvalidated
     curves = next((c for c in trainer.callbacks if isinstance(c, FitCurves)), None)
     if curves is not None and curves.val_loss:
         v = fit_verdict(curves.val_loss, curves.train_loss, num_classes, bool(out["fit/early_stopped"]))
@@ -187,3 +191,15 @@ def fit_report(trainer: Any, best_checkpoint: str, num_classes: int) -> dict[str
             logger.log_metrics(numbers, step=trainer.global_step)
         log.info("fit stopped: %s", out["fit/stop_reason"])
     return out
+
+
+def no_validation(trainer: Any) -> str | None:
+    """Why a finished fit never validated (``data.val_fraction: 0``, ``limit_val_batches: 0``),
+    as the line ``fit`` reports as ``fit/validation``; ``None`` when it validated."""
+    if any(k.startswith("val/") for k in trainer.callback_metrics):
+        return None
+    splits = getattr(trainer.datamodule, "splits", {})
+    cause = ("data.val_fraction: 0" if "val" in splits and not len(splits["val"]) else
+             "trainer.limit_val_batches: 0" if trainer.limit_val_batches == 0 else "no validation epoch ran")
+    return (f"none ({cause}): no best.ckpt and no verdict; the metrics are the last training epoch's "
+            "(train mode, running means); last.ckpt is the trained model (trainkit test --ckpt_path last)")
