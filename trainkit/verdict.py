@@ -84,6 +84,8 @@ def fit_verdict(val: Sequence[float], train: Sequence[float], num_classes: int, 
     'diverged'
     >>> fit_verdict([1.2, 0.3], [1.1, 0.2], 10, False)["verdict"]
     'too short to judge'
+    >>> fit_verdict([2.3], [2.3], 10, False)["verdict"]
+    'too short to judge'
     """
     assert val and len(val) == len(train), "one train and one val loss per epoch"
     chance = math.log(num_classes)
@@ -97,7 +99,7 @@ def fit_verdict(val: Sequence[float], train: Sequence[float], num_classes: int, 
     best = min(range(n), key=val.__getitem__)
     v_end, t_end, v_min, t_min = val[-1], train[-1], val[best], min(train)
     # the recent epochs are at most half the run: with 3 epochs, the last one
-    window, recent = min(WINDOW, n - 1), min(RECENT, max(1, n // 2))
+    window, recent = min(WINDOW, n - 1), min(RECENT, n // 2)
     noise = noise_level(val, window)
     floor = max(ABS * chance, NOISE * noise)  # no change smaller than this counts
     rise, t_rise, gap = v_end - v_min, t_end - t_min, v_end - t_end
