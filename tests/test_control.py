@@ -17,6 +17,7 @@ from trainkit.callbacks.early_stopping import EarlyStoppingConfig, SmoothedEarly
 from trainkit.cli import main
 from trainkit.data.datamodule import DataModule
 from trainkit.runner import TrainkitCLI
+from trainkit.verdict import fit_verdict
 
 FAST = ["--data.num_workers=0", "--trainer.logger=false", *QUIET]
 
@@ -113,11 +114,65 @@ def test_verdict_over_fitting_wide_mlp_on_10_percent_of_digits():
     assert "training samples" in v["line"]
 
 
-def test_verdict_under_fitting_linear_model_tiny_lr():
-    m = fit("under", "--model.arch_args={depth: 0}", "--model.optimizer={name: sgd, lr: 1.0e-4}", "--trainer.max_epochs=2")
+def test_verdict_under_fitting_weight_decay_too_strong():
+    m = fit("under", "--model.optimizer.weight_decay=0.5", "--model.arch_args={depth: 1, width: 64}", "--trainer.max_epochs=3")
     v = m["verdict"]
     assert v["verdict"] == "under-fitting", v
     assert v["train_loss"] > 0.3 * np.log(10) and abs(v["gap"]) < 0.1 * np.log(10)
+
+
+def test_verdict_diverged_lr_too_high():
+    # lr 1.5 blows the loss above chance in epoch 1; the ReLUs die and it stays at chance (this
+    # was "under-fitting")
+    m = fit("diverged", "--model.optimizer.lr=1.5", "--model.arch_args={depth: 1, width: 64}", "--trainer.max_epochs=3")
+    v = m["verdict"]
+    assert v["verdict"] == "diverged" and "lr is likely too high" in v["reason"], v
+    assert v["val_loss"] > 0.9 * np.log(10)
+
+
+C10 = float(np.log(10))
+DIVERGED = ([2.7989, 2.3904, 2.3202, 2.3168, 2.3185, 2.3127], [2.7729, 2.3936, 2.321, 2.3196, 2.3152, 2.3133])  # lr 0.6 on digits
+STEADY = ([2.279 - 0.0245 * i for i in range(10)], [2.28 - 0.0245 * i for i in range(10)])  # 2.279 -> 2.058 at lr 3e-3
+
+
+@pytest.mark.parametrize("val, train, expected, before", [
+    # the cases the review found, with the verdict the old rules gave
+    ([1.20, 0.29, 0.17], [1.13, 0.25, 0.08], "still improving", "converged"),
+    (*DIVERGED, "diverged", "under-fitting"),
+    ([0.3, 0.1, 0.06, 0.043, 0.045, 0.052], [0.3, 0.08, 0.04, 0.02, 0.01, 0.005], "converged", "over-fitting"),  # +0.009
+    (*STEADY, "still improving", "under-fitting"),
+    # and one curve per verdict
+    ([1.2, 0.3], [1.1, 0.2], "too short to judge", "converged"),
+    ([1.2, 0.3, float("nan")], [1.1, 0.2, float("nan")], "diverged", "converged"),
+    ([1.0, 0.3, 0.2, 0.5, 0.9], [0.9, 0.2, 0.1, 0.4, 0.8], "diverged", "under-fitting"),  # both climb back
+    ([1.0, 0.5, 0.3, 0.35, 0.45, 0.6], [0.9, 0.4, 0.2, 0.1, 0.05, 0.02], "over-fitting", "over-fitting"),
+    ([1.0, 0.6, 0.5, 0.48, 0.47, 0.47], [0.5, 0.1, 0.03, 0.01, 0.005, 0.003], "over-fitting", "over-fitting"),  # gap
+    ([2.3026, 2.3028, 2.3032, 2.3028, 2.3028], [2.3028, 2.3027, 2.3032, 2.3031, 2.3031], "under-fitting", "under-fitting"),
+    ([1.0, 0.3, 0.2, 0.21, 0.19, 0.2, 0.21], [0.9, 0.25, 0.15, 0.15, 0.14, 0.14, 0.14], "converged", "converged"),
+    # a new minimum smaller than the noise of the last epochs is no trend
+    ([1.0, 0.5, 0.62, 0.45, 0.6, 0.44, 0.58, 0.42], [0.9, 0.4, 0.4, 0.38, 0.38, 0.37, 0.37, 0.36], "converged", "still improving"),
+])
+def test_verdict_rules_are_scale_aware(val, train, expected, before):
+    v = fit_verdict(val, train, 10, stopped_early=False)
+    assert v["verdict"] == expected, v
+    assert old_verdict(val, train) == before, "the case shows what the old rules said"
+
+
+def old_verdict(val: list[float], train: list[float]) -> str:
+    """The rules before issue 19 (relative rise > 20%, gains over a fixed 3-epoch window)."""
+    best = min(range(len(val)), key=val.__getitem__)
+    rise, gap = (val[-1] - val[best]) / val[best], val[-1] - train[-1]
+    gain = min(val[:-3]) - min(val[-3:]) if len(val) > 3 else 0.0
+    if (rise > 0.2 and train[-1] < train[best]) or gap > 0.15 * C10:
+        return "over-fitting"
+    if train[-1] > 0.3 * C10 and abs(gap) < 0.1 * C10:
+        return "under-fitting"
+    return "still improving" if gain > 0.01 * C10 else "converged"
+
+
+def test_an_early_stopped_run_is_not_still_improving():
+    v = fit_verdict(*STEADY, 10, stopped_early=True)
+    assert v["verdict"] == "under-fitting", v
 
 
 # (the default recipe's "converged" verdict is checked in test_e2e.py, on its full fit)
@@ -225,3 +280,58 @@ def test_fit_without_validation_trains_and_records_its_epochs():
     assert record["fit/epochs"] == 2 and record["fit/best_checkpoint"] is None
     assert record["perf/train_samples_per_s"] > 0 and not any(k.startswith("val/") for k in record)
     assert Path("runs/digits_mlp/noval/checkpoints/last.ckpt").is_file()
+    # ... and says so, with the training metrics it has in place of val ones
+    assert record["fit/validation"].startswith("none (trainer.limit_val_batches: 0): no best.ckpt")
+    assert 0.5 < record["train/acc"] <= 1 and "verdict" not in record
+
+
+def test_val_fraction_0_trains_and_reports_what_exists(capsys):
+    # the recipe's defaults (W&B offline, 2 workers): no split to validate on, so no best.ckpt
+    # and no verdict; fit says so and reports the last epoch's training metrics
+    args = ["--config", str(DEFAULT_RECIPE), "--run.name=nv", "--data.val_fraction=0", "--trainer.max_epochs=2"]
+    assert main(["fit", *args]) == 0
+    out = capsys.readouterr().out
+    record = json.loads(Path("runs/digits_mlp/nv/metrics.json").read_text())
+    assert record["fit/validation"].startswith("none (data.val_fraction: 0): no best.ckpt and no verdict")
+    assert f"fit/validation: {record['fit/validation']}" in out and "train/acc" in out
+    assert record["train/acc"] > 0.5 and not any(k.startswith("val/") for k in record)
+    assert sorted(p.name for p in Path("runs/digits_mlp/nv/checkpoints").iterdir()) == ["last.ckpt", "previous.ckpt"]
+    assert main(["test", *args, "--ckpt_path=last"]) == 0  # the model it names is testable
+    assert json.loads(Path("runs/digits_mlp/nv/metrics.json").read_text())["test/acc"] > 0.5
+    # early stopping on a val metric cannot work without a val split: refused before any file
+    assert main(["fit", *args, "--run.name=es", "--early_stopping={monitor: val/loss}"]) == 2
+    assert "early_stopping.monitor: monitors val/loss, but data.val_fraction: 0" in capsys.readouterr().err
+    assert not Path("runs/digits_mlp/es").exists()
+
+
+def test_an_integer_limit_val_batches_is_a_count_of_batches():
+    # typing's union cache made Lightning's Union[int, float] float first: 1 read as 1.0 (all
+    # batches). Tests passed --trainer.limit_val_batches=1 only to run faster, and never looked
+    cli = TrainkitCLI(["fit", "--config", str(DEFAULT_RECIPE), *FAST, "--trainer.max_epochs=1",
+                       "--trainer.limit_val_batches", "1", "--trainer.limit_train_batches", "2"])
+    assert cli.trainer.limit_val_batches == 1 and isinstance(cli.trainer.limit_val_batches, int)
+    assert cli.trainer.num_val_batches == [1] and cli.trainer.num_training_batches == 2
+    for value, expected in (("1.0", 1.0), ("0.5", 0.5), ("3", 3)):
+        parsed = TrainkitCLI(["fit", "--config", str(DEFAULT_RECIPE), *FAST, f"--trainer.limit_val_batches={value}",
+                              f"--trainer.val_check_interval={value}"], run_stage=False).trainer
+        assert type(parsed.limit_val_batches) is type(expected) and parsed.limit_val_batches == expected
+        assert type(parsed.val_check_interval) is type(expected)
+
+
+def test_the_best_checkpoints_final_validation_is_not_a_point_of_the_val_curves():
+    # fit validates best.ckpt once more to report it; logged as val/*, that replay was one more
+    # point at the end of every val curve (W&B and CSV), jumping back to the best epoch's value
+    from wandb_records import read_run
+
+    assert main(["fit", "--config", str(DEFAULT_RECIPE), "--run.name=curve", "--trainer.max_epochs=3", *QUIET,
+                 "--model.arch_args={depth: 1, width: 32}", "--model.optimizer.lr=0.5"]) == 0
+    run_dir = Path("runs/digits_mlp/curve")
+    record = json.loads((run_dir / "metrics.json").read_text())
+    with next(run_dir.glob("csv/version_*/metrics.csv")).open() as f:
+        rows = list(csv.DictReader(f))
+    history = read_run(run_dir)["history"]
+    for source in (rows, history):
+        val = [float(r["val/acc"]) for r in source if r.get("val/acc") not in (None, "")]
+        best = [float(r["best/val/acc"]) for r in source if r.get("best/val/acc") not in (None, "")]
+        assert len(val) == 3, "one point per epoch"
+        assert best == [pytest.approx(record["val/acc"])] and max(val) == pytest.approx(record["val/acc"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -16,6 +17,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from trainkit.callbacks.diagnostics import Monitors, dead_fraction, saturated_fraction
 from trainkit.cli import main
+from trainkit.data.datamodule import DataModule
+from trainkit.module import Classifier
 
 FAST = ["--data.num_workers=0", "--trainer.logger=false", *QUIET]
 
@@ -91,6 +94,24 @@ def test_nan_guard_stops_with_a_diagnosis_and_keeps_the_last_good_checkpoint(cap
     step = int(message.split("step ")[1].split(" ")[0])
     assert ckpt["global_step"] == step  # the state right before the bad step
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+    # finite but huge weights: `test` on them finishes and says which outputs are not finite
+    # (it used to crash in the ROC plot; the checks above never evaluated this checkpoint)
+    assert main(["test", "--config", str(DEFAULT_RECIPE), *FAST, "--run.name=nan", "--ckpt_path=last"]) == 0
+    out = capsys.readouterr().out
+    model = Classifier(**{k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")})
+    model.load_state_dict(ckpt["state_dict"])
+    dm = DataModule(num_workers=0)
+    dm.setup()
+    with torch.no_grad():
+        x = torch.stack([dm.splits["test"][i][0] for i in range(len(dm.splits["test"]))])
+        bad = int((~torch.isfinite(model.eval()(x).softmax(-1)).all(1)).sum())
+    assert bad > 0, "this checkpoint is one whose outputs overflow"
+    metrics = json.loads(Path("runs/digits_mlp/nan/metrics.json").read_text())
+    assert metrics["test/nonfinite_outputs"] == bad and f"test/nonfinite_outputs: {bad}" in out
+    assert metrics["test/warning"].startswith(f"{bad} of {len(x)} test outputs are not finite")
+    for name in ("confusion_matrix", "roc", "pr"):
+        assert Path(f"runs/digits_mlp/nan/{name}.png").stat().st_size > 10_000
 
 
 def test_fit_logs_diag_values_and_test_writes_evaluation_plots(capsys):

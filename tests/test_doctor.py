@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import DEFAULT_RECIPE, ROOT
@@ -75,3 +76,43 @@ def test_unstandardized_inputs_warn_and_exit_zero(capsys):
     line = next(x for x in out.splitlines() if x.startswith("inputs_standardized"))
     assert line.split()[1] == "WARN" and "mean 4.8" in line, line
     assert code == (1 if " FAIL " in out else 0)
+
+
+# -- planted bugs the checks above passed (issue 19) -------------------------------------------
+def test_weight_decay_that_prevents_fitting_fails_regularization():
+    # it raised the objective (its own L2 term), which is all the check used to ask
+    checks = doctor(DEFAULT_RECIPE, "--model.optimizer.weight_decay=10")
+    reg = checks["regularization"]
+    assert reg.status == "FAIL" and "weight_decay 10 prevent(s) fitting even one batch" in reg.message, reg.message
+    assert reg.values["cross_entropy_on"] > 0.5 * reg.values["cross_entropy_start"]
+    assert checks["overfit_batch"].status == "PASS"  # the model itself fits the batch
+
+
+def test_dropout_that_drowns_the_signal_fails_dropout_not_the_init():
+    checks = doctor(DEFAULT_RECIPE, "--model.dropout=0.95")
+    assert checks["dropout"].status == "FAIL" and "drowns the signal" in checks["dropout"].message
+    # dropout's rescaling of the survivors was read as an init making confident predictions
+    assert checks["initial_loss"].status == "PASS", checks["initial_loss"].message
+    assert checks["overfit_batch"].status == "PASS"
+
+
+def test_a_common_dropout_rate_passes_the_dropout_check():
+    from trainkit import preflight as dc
+    from trainkit.runner import TrainkitCLI
+
+    cli = TrainkitCLI(["fit", "--config", str(DEFAULT_RECIPE), *FAST, "--model.dropout=0.5", "--trainer.logger=false"],
+                      run_stage=False)
+    torch.manual_seed(0)
+    x, y = next(iter(torch.utils.data.DataLoader(cli.datamodule.splits["train"], batch_size=64, shuffle=True)))
+    spec = {**cli.model.optimizer_spec, "lr": 0.1}
+    off = dc.train_steps(cli.model.net, (x, y), spec, 0.1, STEPS["overfit_steps"], None, 0.0)
+    check = dc.dropout_signal(cli.model.net, (x, y), spec, 0.1, STEPS["overfit_steps"], 10, off)
+    assert check.status == "PASS" and check.values["cross_entropy"] < 0.1 * np.log(10), check
+
+
+def test_too_little_training_data_fails_data_size():
+    checks = doctor(DEFAULT_RECIPE, "--data.val_fraction=0.49", "--data.test_fraction=0.49", "--data.batch_size=16")
+    size = checks["data_size"]
+    assert size.status == "FAIL" and size.values["train_samples"] < 40 and size.values["fewest_per_class"] < 5, size
+    assert "150,794 parameters" in size.message
+    assert checks["overfit_batch"].status == "PASS" and checks["label_signal"].status == "PASS"  # they cannot see it

@@ -123,3 +123,21 @@ def test_batch_ramp_grows_the_batch_at_milestones_with_the_lr_kept():
     n_train = 1257  # digits' training split (70% of 1797)
     assert per_epoch == [math.ceil(n_train / b) for b in (64, 128, 128, 256)]
     assert [float(r["train/lr"]) for r in rows] == pytest.approx([0.1] * len(rows))
+
+
+@pytest.mark.parametrize("unit", ["epoch", "step"])
+def test_cosine_with_a_batch_ramp_is_planned_on_the_ramped_epochs_real_steps(unit):
+    # the schedule's length was the first epoch's steps x max_epochs: with the batch doubling it
+    # ended far above 0 (the test above only ever ran a constant lr, which has no length)
+    assert main(["fit", "--config", R, *FAST, f"--run.name=ramp-{unit}", "--trainer.max_epochs=4",
+                 "--trainer.limit_val_batches=1", "--data.batch_ramp={milestones: [1, 3], factor: 2}",
+                 f"--model.schedule={{name: cosine, unit: {unit}}}"]) == 0
+    lrs = logged_lrs(Path(f"runs/digits_mlp/ramp-{unit}"))
+    per_epoch = [math.ceil(1257 / b) for b in (64, 128, 128, 256)]  # digits' training split is 1257
+    assert len(lrs) == sum(per_epoch)
+    # the schedule's time of each step: the step itself, or epochs on the ramped epochs' clock
+    times = [e + i / n for e, n in enumerate(per_epoch) for i in range(n)] if unit == "epoch" else list(range(len(lrs)))
+    total = 4 if unit == "epoch" else sum(per_epoch)
+    expected = [0.1 * 0.5 * (1 + math.cos(math.pi * t / total)) for t in times]
+    assert lrs == pytest.approx(expected, abs=1e-7)
+    assert lrs[-1] < 0.1 * 0.01, "the cosine ends at ~0 with the run"

@@ -50,7 +50,9 @@ def test_grid_over_two_learning_rates_picks_the_sane_one(lr_grid: Path):
         run_dir = Path(lr_grid.parents[2], row["run_dir"]) if not Path(row["run_dir"]).is_absolute() else Path(row["run_dir"])
         assert run_dir.parent == lr_grid
         assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["optimizer"]["lr"] == lr
-        assert json.loads((run_dir / "metrics.json").read_text())["val/acc"] == pytest.approx(float(row["val/acc"]))
+        record = json.loads((run_dir / "metrics.json").read_text())
+        assert record["val/acc"] == pytest.approx(float(row["val/acc"]))
+        assert record["verdict"]["verdict"] == "too short to judge", record["verdict"]  # 2 epochs (a real run)
     for png in ("history.png", "importance.png"):
         assert (lr_grid / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -75,6 +77,24 @@ def test_unknown_space_path_exits_2_before_any_trial(space, named, hint, capsys)
     err = capsys.readouterr().err
     assert named in err and hint in err, err
     assert not Path("runs").exists(), "nothing is written before the space is checked"
+
+
+@pytest.mark.parametrize(
+    "space, sampler, refused",
+    [("model.dropout: {uniform: [0.0, 1.5]}", "random", "1.5 (high end of uniform [0.0, 1.5])"),
+     ("model.dropout: {choice: [0.1, abc]}", "grid", "'abc' (choice 2 of [0.1, abc])"),
+     ("model.optimizer.lr: {loguniform: [1.0e-3, 0.1]}\nmodel.label_smoothing: {uniform: [0.0, 1.0]}", "tpe",
+      "model.label_smoothing: 1.0 (high end of uniform [0.0, 1.0])")],
+)
+def test_every_end_of_a_range_and_every_choice_is_checked_before_any_trial(space, sampler, refused, capsys):
+    # the first value of each used to be the only one built: trial 0 ran, a later one aborted
+    Path("space.yaml").write_text(space + "\n")
+    args = ["sweep", "--config", str(DEFAULT_RECIPE), "--space", "space.yaml", "--sampler", sampler, "--trials", "3"]
+    assert main([*args, *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    refused = refused if refused.startswith("model.") else f"model.dropout: {refused}"
+    assert err.startswith(f"trainkit: error: {refused} is refused, so no trial runs"), err
+    assert not Path("runs").exists(), "nothing is written for a refused space"
 
 
 def test_two_workers_share_one_sqlite_study_without_duplicate_grid_points():
@@ -117,6 +137,10 @@ def test_pruning_stops_a_hopeless_trial_early():
     assert pruner.pruned_at == 0, "the first epoch under the median is pruned"
     assert result.extra["fit/epochs"] == 1 and result.run_dir == Path("runs/x/sweep-p/trial-0001")
     assert (result.run_dir / "metrics.json").is_file(), "a pruned trial still leaves a complete run dir"
+    # ... which says it was pruned (checking only that the file existed, it said "epoch budget")
+    record = json.loads((result.run_dir / "metrics.json").read_text())
+    assert record["fit/stop_reason"].startswith("pruned by the sweep (MedianPruner) after epoch 1: val/acc ")
+    assert record["fit/early_stopped"] is True and record["fit/stopped_epoch"] == 1
 
 
 def test_refine_narrows_around_the_best_trials():

@@ -17,7 +17,7 @@ from trainkit.errors import ConfigError
 from trainkit.extras import extra_callbacks, optimizer_options, setup_extras
 from trainkit.metrics import STAGES, StageMetrics, check_auroc_thresholds
 from trainkit.nn.craft import build_net, setup_net
-from trainkit.nn.prune import attach_masks
+from trainkit.nn.prune import match_masks
 from trainkit.nn.regularize import check_regularization, make_optimizer, penalty
 from trainkit.optim.configure import check_schedule, configure
 from trainkit.optim.optimizers import check_optimizer
@@ -202,5 +202,5 @@ class Classifier(pl.LightningModule):
         return extra_callbacks(self)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # a pruned checkpoint holds weight_orig/weight_mask: give the fresh net the same layout
-        attach_masks(self.net, checkpoint["state_dict"], "net.")
+        # a pruned checkpoint holds weight_orig/weight_mask, a dense one weight: give the net its layout
+        match_masks(self.net, checkpoint["state_dict"], "net.")

@@ -23,6 +23,9 @@ from trainkit.callbacks.diagnostics import ActivationRecorder
 from trainkit.nn.regularize import make_optimizer, penalty, set_dropout
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+DROPOUT_WARN, DROPOUT_FAIL = 0.1, 0.5  # one-batch cross-entropy with dropout alone, x ln(C)
+FEWEST_FAIL, FEWEST_WARN = 5, 20  # training samples of the smallest class
+PARAMS_PER_SAMPLE_WARN = 10_000  # parameters per training sample, from scratch
 
 
 @dataclass
@@ -41,8 +44,13 @@ def _finite(x: float) -> bool:
 
 # -- model at init ---------------------------------------------------------------------------
 def initial_loss(net: nn.Module, batches: list[tuple[Tensor, Tensor]], num_classes: int) -> Check:
-    """Cross-entropy at init should be close to ln(C): the model starts with no preference."""
+    """Cross-entropy at init should be close to ln(C): the model starts with no preference.
+
+    Measured with dropout off (batch norm still in train mode): dropout's rescaling of the
+    survivors inflates the logits, which is the ``dropout`` check's business, not the init's.
+    """
     net = copy.deepcopy(net).train()
+    set_dropout(net, 0.0)
     with torch.no_grad():
         loss = float(np.mean([F.cross_entropy(net(x), y).item() for x, y in batches]))
     expected = math.log(num_classes)
@@ -129,14 +137,51 @@ def activations(stats: dict[str, dict[str, float]]) -> Check:
     return Check("activations", PASS, f"{shape}; dead units <= {worst_dead:.0%}, saturated <= {worst_sat:.0%}", values)
 
 
+def dropout_signal(net: nn.Module, batch: tuple[Tensor, Tensor], spec: dict[str, Any], lr: float, steps: int,
+                   num_classes: int, off: list[float]) -> Check:
+    """Dropout must not drown the signal: with dropout alone on (no decay, penalties or
+    smoothing), the model must still fit one batch (its cross-entropy with dropout off, after
+    the same steps as ``overfit_batch``, well below chance). ``off``: the losses of that
+    batch's training with everything off."""
+    rates = sorted({m.p for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0})
+    if not rates:
+        return Check("dropout", PASS, "no dropout")
+    curve = train_steps(net, batch, {**spec, "weight_decay": 0.0}, lr, steps, {"l1": 0.0, "l2": 0.0}, 0.0)
+    final, chance = curve.final_eval, math.log(num_classes)
+    values = {"rates": rates, "cross_entropy": final, "chance": chance, "steps": len(curve)}
+    shown = f"dropout {', '.join(f'{r:g}' for r in rates)}"
+    if not (math.isfinite(final) and math.isfinite(curve[-1])):
+        if not math.isfinite(off[-1]):
+            return Check("dropout", WARN, f"{shown}: no verdict, the loss is not finite without it either (see overfit_batch)", values)
+        return Check("dropout", FAIL, f"{shown}: with it alone the one-batch loss becomes non-finite at step "
+                     f"{len(curve) - 1} (without it the batch fits): the noise drowns the signal; lower model.dropout", values)
+    if final > DROPOUT_FAIL * chance:
+        return Check("dropout", FAIL, f"{shown}: with it alone the model cannot fit one batch (cross-entropy "
+                     f"{final:.3g} after {len(curve)} steps, chance {chance:.3g}): the noise drowns the signal; "
+                     "lower model.dropout", values)
+    if final > DROPOUT_WARN * chance:
+        return Check("dropout", WARN, f"{shown}: one batch fits slowly with it (cross-entropy {final:.3g} after "
+                     f"{len(curve)} steps, chance {chance:.3g}): strong noise", values)
+    return Check("dropout", PASS, f"{shown}: one batch still fits with it (cross-entropy {final:.2g} after "
+                 f"{len(curve)} steps)", values)
+
+
 # -- short training on one batch ----------------------------------------------------------------
+class Losses(list):
+    """The training objective per step (a list), ``data``: its plain cross-entropy part, and
+    ``final_eval``: the trained copy's cross-entropy in eval mode (dropout off)."""
+
+    data: list[float]
+    final_eval: float
+
+
 def train_steps(net: nn.Module, batch: tuple[Tensor, Tensor], spec: dict[str, Any], lr: float, steps: int,
-                regularization: dict[str, Any] | None, label_smoothing: float, stop_below: float = 0.0) -> list[float]:
+                regularization: dict[str, Any] | None, label_smoothing: float, stop_below: float = 0.0) -> Losses:
     """Train a copy of ``net`` on one batch for ``steps`` (or until the loss is below
-    ``stop_below``); returns the training loss per step.
+    ``stop_below``); returns the training objective per step, and its cross-entropy as ``.data``.
 
     ``regularization=None`` means all off: no weight decay, penalties, dropout or smoothing.
-    With it on, the reported loss includes the optimizer's weight decay as the L2 term
+    With it on, the reported objective includes the optimizer's weight decay as the L2 term
     ``wd / 2 * ||w||^2`` it stands for (SGD's decay is exactly that term's gradient), so the
     objectives of both runs compare.
     """
@@ -150,10 +195,13 @@ def train_steps(net: nn.Module, batch: tuple[Tensor, Tensor], spec: dict[str, An
         reg = regularization
     optimizer = make_optimizer(net, spec, regularization)
     x, y = batch
-    losses = []
+    losses = Losses()
+    losses.data = []
     for _ in range(steps):
         optimizer.zero_grad()
-        loss = F.cross_entropy(net(x), y, label_smoothing=label_smoothing if regularization is not None else 0.0)
+        logits = net(x)
+        losses.data.append(float(F.cross_entropy(logits.detach(), y)))
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing if regularization is not None else 0.0)
         if reg.get("l1") or reg.get("l2"):
             loss = loss + penalty(net, reg["l1"], reg["l2"], reg.get("no_decay_bias_norm", True))
         wd = float(spec.get("weight_decay") or 0.0)
@@ -163,6 +211,8 @@ def train_steps(net: nn.Module, batch: tuple[Tensor, Tensor], spec: dict[str, An
             break
         loss.backward()
         optimizer.step()
+    with torch.no_grad():
+        losses.final_eval = float(F.cross_entropy(net.eval()(x), y))
     return losses
 
 
@@ -188,14 +238,28 @@ def overfit(losses: list[float], num_classes: int, lr: float) -> Check:
                  "(a dead network, a wrong lr, or a loss/label bug)", values)
 
 
-def regularization_wired(on: list[float], off: list[float], configured: list[str]) -> Check:
-    """The recipe's regularization must raise the training loss over the same steps without it."""
+def regularization_wired(on: Losses | list[float], off: Losses | list[float], configured: list[str],
+                         num_classes: int = 10) -> Check:
+    """The recipe's regularization must raise the training loss over the same steps without it,
+    and must not keep the model from fitting one batch at all (its cross-entropy stuck above
+    half its start while the model without it fits the batch)."""
     if not configured:
         return Check("regularization", PASS, "the recipe uses no regularization; nothing to compare")
     tail_on, tail_off = float(np.mean(on[-10:])), float(np.mean(off[-10:]))
     values = {"loss_on": tail_on, "loss_off": tail_off, "configured": configured}
-    if not (math.isfinite(tail_on) and math.isfinite(tail_off)):
-        return Check("regularization", WARN, "no comparison: the loss was not finite (see overfit_batch)", values)
+    if not math.isfinite(tail_off):
+        return Check("regularization", WARN, "no comparison: the loss without it is not finite (see overfit_batch)", values)
+    if not math.isfinite(tail_on):
+        return Check("regularization", FAIL, f"{', '.join(configured)}: with it the one-batch loss becomes non-finite, "
+                     f"without it it falls to {tail_off:.3g}", values)
+    data_on, data_off = getattr(on, "data", None), getattr(off, "data", None)
+    if data_on and data_off:
+        start, end_on, end_off = data_on[0], float(np.mean(data_on[-10:])), min(data_off[-5:])
+        values.update({"cross_entropy_on": end_on, "cross_entropy_off": end_off, "cross_entropy_start": start})
+        if end_on > 0.5 * start and end_off <= overfit_target(num_classes):
+            return Check("regularization", FAIL, f"{', '.join(configured)} prevent(s) fitting even one batch: its "
+                         f"cross-entropy stays at {end_on:.3g} (from {start:.3g}; chance {math.log(num_classes):.3g}), "
+                         f"without it {end_off:.2g}: too strong to learn anything", values)
     if tail_on > tail_off:
         return Check("regularization", PASS, f"{', '.join(configured)} raise(s) the training loss: {tail_on:.3g} on vs {tail_off:.3g} off", values)
     return Check("regularization", WARN, f"{', '.join(configured)} do(es) not raise the training loss ({tail_on:.3g} on vs "
@@ -296,6 +360,24 @@ def label_signal(splits: dict[str, Any], seed: int = 0, limit: int = 2000) -> Ch
         return Check("label_signal", FAIL, f"labels look unrelated to inputs: k-NN {scores['knn']:.2f} and logistic "
                      f"{scores['logistic']:.2f} val accuracy vs chance {chance:.2f} (shuffled or misaligned labels?)", values)
     return Check("label_signal", PASS, f"a probe predicts val labels: k-NN {scores['knn']:.2f}, logistic {scores['logistic']:.2f} vs chance {chance:.2f}", values)
+
+
+def data_size(splits: dict[str, Any], num_classes: int, params: int, warm_start: bool = False) -> Check:
+    """Enough training data for the task and the model: samples per class, and samples against
+    the number of parameters (a model trained from scratch; a warm start needs less data)."""
+    counts = np.bincount(_labels(splits["train"]), minlength=num_classes)
+    n, fewest = int(counts.sum()), int(counts.min())
+    ratio = params / max(n, 1)
+    values = {"train_samples": n, "fewest_per_class": fewest, "parameters": params, "parameters_per_sample": ratio}
+    msg = (f"{n} training samples ({fewest} in the smallest class) for {params:,} parameters "
+           f"({ratio:,.0f} per sample)")
+    if fewest < FEWEST_FAIL:
+        return Check("data_size", FAIL, f"{msg}: fewer than {FEWEST_FAIL} examples of a class cannot teach (or "
+                     "measure) it; more data, or fewer/merged classes", values)
+    if fewest < FEWEST_WARN or (ratio > PARAMS_PER_SAMPLE_WARN and not warm_start):
+        return Check("data_size", WARN, f"{msg}: little data for this model; expect over-fitting (more data, "
+                     "augmentation, a smaller model or a warm start)", values)
+    return Check("data_size", PASS, msg, values)
 
 
 def cycle(loader: Any) -> Iterator[tuple[Tensor, Tensor]]:

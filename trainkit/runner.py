@@ -48,6 +48,7 @@ from trainkit.ensemble import check_ensemble, run_ensemble
 from trainkit.errors import ConfigError
 from trainkit.evaluation import evaluation_plots
 from trainkit.loggers import CSV_FILE, RunCSVLogger, finish_wandb, start_wandb, wandb_logger, write_wandb_id
+from trainkit.metrics import METRIC_NAMES
 from trainkit.recipe import CheckpointConfig, check_recipe_files, explain_parse_error
 from trainkit.module import Classifier
 from trainkit.optim.scaling import check_lr_scaling
@@ -102,6 +103,7 @@ class TrainkitCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        ints_stay_ints(parser)
         parser.add_class_arguments(RunConfig, "run")
         parser.add_class_arguments(CheckpointConfig, "checkpoint", instantiate=False)
         parser.add_argument("--early_stopping", type=Optional[EarlyStoppingConfig], default=None, help="early stopping (null: off)")
@@ -186,6 +188,10 @@ class TrainkitCLI(LightningCLI):
         if self.subcommand in EVALUATIONS:
             path = self.config_init[self.subcommand]["ckpt_path"]
             check_data_matches(self.ckpt_hparams, self.datamodule.num_classes, self.datamodule.input_shape, path)
+        es = self.es_cfg if self.subcommand == "fit" else None
+        if es is not None and es.monitor.startswith("val/") and not len(self.datamodule.splits["val"]):
+            raise ConfigError(f"monitors {es.monitor}, but data.val_fraction: 0 leaves no validation split "
+                              "(monitor a train/ metric, or keep a validation split)", "early_stopping.monitor")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_cfg = self.config_init[self.subcommand]["trainer"]
@@ -308,10 +314,13 @@ class TrainkitCLI(LightningCLI):
         best = self.best_checkpoint.best_model_path if self.best_checkpoint is not None else ""
         # before validate(): loading best.ckpt there restores the callbacks' states of that epoch
         report = fit_report(self.trainer, best, datamodule.num_classes)
-        # fit reports the validation metrics of the checkpoint it calls best, not the last epoch
-        metrics = first(self.trainer.validate(
-            model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
-        ))
+        if "fit/validation" in report:
+            # nothing was validated (data.val_fraction: 0, ...): report what exists, as the line says
+            metrics = {k: v for k, v in self.trainer.callback_metrics.items()
+                       if k.startswith("train/") and k.split("/", 1)[1] in METRIC_NAMES}
+        else:
+            # fit reports the validation metrics of the checkpoint it calls best, not the last epoch
+            metrics = self._validate_best(model, datamodule, best)
         self._finish(
             "fit",
             metrics,
@@ -322,6 +331,22 @@ class TrainkitCLI(LightningCLI):
                 **report,
             },
         )
+
+    def _validate_best(self, model: Classifier, datamodule: DataModule, best: str) -> dict[str, float]:
+        """Validate ``best`` (the final model when empty) and log its metrics as ``best/val/*``:
+        under the val curves' own names it would be one more point of them, a jump back to the
+        best value at the last step."""
+        loggers, self.trainer.loggers = self.trainer.loggers, []
+        try:
+            metrics = first(self.trainer.validate(model, datamodule=datamodule, ckpt_path=best or None,
+                                                  verbose=False, weights_only=True))
+        finally:
+            self.trainer.loggers = loggers
+        if self.trainer.is_global_zero:
+            for logger in loggers:
+                logger.log_metrics({f"best/{k}": float(v) for k, v in metrics.items()}, step=self.trainer.global_step)
+                logger.save()
+        return metrics
 
     def validate(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
         if self.ensemble:
@@ -352,6 +377,25 @@ class TrainkitCLI(LightningCLI):
         extra = extra or {}
         _write_metrics(self.run_dir, {**metrics, **extra})
         self.result = StageResult(stage, metrics, self.run_dir.path, extra)
+
+
+def ints_stay_ints(parser: LightningArgumentParser) -> None:
+    """Parse the Trainer's ``int | float`` arguments int first, as Lightning declares them:
+    ``--trainer.limit_val_batches 1`` is one batch, ``1.0`` all of them (likewise the other
+    ``limit_*_batches``, ``overfit_batches``, ``val_check_interval``).
+
+    Lightning writes ``Optional[Union[int, float]]``, but typing caches unions by their set of
+    types, and lightning.fabric's ``Optional[Union[float, int]]`` is created first: the Trainer's
+    annotation *is* that float-first object, and jsonargparse, trying float first, reads 1 as
+    1.0 (100%) (Lightning issue 21259). There is no public way to retype an argument that
+    LightningCLI added, hence jsonargparse's ``_typehint`` of the action; a ``X | Y`` union is
+    not cached, so it keeps the order.
+    """
+    for action in parser._actions:
+        typehint = getattr(action, "_typehint", None)
+        args = set(getattr(typehint, "__args__", ()) or ())
+        if action.dest.startswith("trainer.") and args - {type(None)} == {int, float}:
+            action._typehint = int | float | None if type(None) in args else int | float
 
 
 @rank_zero_only

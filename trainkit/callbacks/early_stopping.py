@@ -99,6 +99,12 @@ class SmoothedEarlyStopping(EarlyStopping):
             self.best_epoch = self._epoch + 1
         return should_stop, reason
 
+    def restart(self) -> None:
+        """Judge from scratch from the next validation on (the model changed: pruning)."""
+        self.wait_count = 0
+        self.best_score = torch.tensor(torch.inf if self.mode == "min" else -torch.inf)
+        self.smoothed = None
+
     def summary(self) -> dict[str, Any]:
         """``fit/*`` entries for metrics.json: why and when the run stopped, and the best epoch."""
         stopped = bool(self.stopped_epoch) or self.stopping_reason_message is not None

@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from trainkit.optim.configure import check_schedule, steps_per_epoch
+from trainkit.optim.configure import check_schedule, step_clock, total_steps
 
 
 def cycle_ends(T_0: float, T_mult: float, until: float) -> list[float]:
@@ -45,12 +45,16 @@ class Snapshots(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        spec, per_epoch = self.spec, steps_per_epoch(trainer)
-        unit = 1 if spec["unit"] == "step" else per_epoch
-        warmup = int(round(spec["warmup_steps"] + spec["warmup_epochs"] * per_epoch))
-        total = (trainer.estimated_stepping_batches - warmup) / unit
-        ends = cycle_ends(spec["T_0"], spec.get("T_mult", 1.0), total)
-        self.ends = [warmup + int(round(e * unit)) for e in ends]
+        # the schedule's own clock (trainkit.optim.configure): epochs of a batch ramp are shorter
+        spec, clock = self.spec, step_clock(trainer)
+        warmup = int(round(spec["warmup_steps"] + clock.steps(spec["warmup_epochs"])))
+        start, last = clock.epochs(warmup), total_steps(trainer, clock)
+        if spec["unit"] == "step":
+            ends = cycle_ends(spec["T_0"], spec.get("T_mult", 1.0), last - warmup)
+            self.ends = [warmup + int(round(e)) for e in ends]
+        else:
+            ends = cycle_ends(spec["T_0"], spec.get("T_mult", 1.0), clock.epochs(last) - start)
+            self.ends = [int(round(clock.steps(start + e))) for e in ends]
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:

@@ -11,7 +11,10 @@ splits, in seconds on a CPU:
   and saturated tanh/sigmoid fractions;
 - ``label_balance``, ``splits_disjoint``, ``inputs_standardized``, ``shuffling``,
   ``label_signal`` (a k-NN/logistic probe beats chance on val: labels relate to inputs);
-- ``regularization``: the recipe's regularization raises the training loss over the same steps;
+- ``dropout``: with dropout alone on, one batch still fits (the noise does not drown the signal);
+- ``data_size``: enough training samples per class and per parameter;
+- ``regularization``: the recipe's regularization raises the training loss over the same steps,
+  and does not keep the model from fitting one batch;
 - ``lr_range``: an LR range test's suggestion (:func:`trainkit.optim.lr_range.suggestions`) next to
   the recipe's lr.
 
@@ -118,17 +121,21 @@ def run_doctor(args: list[str], overfit_steps: int = 100, sweep_steps: int = 60)
     on = dc.train_steps(net, batch, spec, lr, overfit_steps, model.regularization, model.hparams.label_smoothing) if configured else []
     sweep = lr_sweep(net, dc.cycle(train_loader), spec, model.regularization, sweep_steps)
     splits = dm.splits
+    params = sum(p.numel() for p in net.parameters())
+    warm = (model.hparams.init or {}).get("scheme") == "checkpoint"
     checks = [
         dc.initial_loss(net, batches[:4], num_classes),
         dc.overfit(off, num_classes, lr),
         dc.gradient_flow(grads, same),
         dc.activations(acts),
+        dc.dropout_signal(net, batch, spec, lr, overfit_steps, num_classes, off),
         dc.label_balance(splits, num_classes),
         dc.splits_disjoint(splits),
+        dc.data_size(splits, num_classes, params, warm),
         dc.inputs_standardized(batches),
         dc.shuffling(dm.train_dataloader()),
         dc.label_signal(splits),
-        dc.regularization_wired(on, off, configured),
+        dc.regularization_wired(on, off, configured, num_classes),
         lr_range(sweep, lr),
     ]
     out = cli.run_dir.path
@@ -136,7 +143,7 @@ def run_doctor(args: list[str], overfit_steps: int = 100, sweep_steps: int = 60)
     report = {"recipe": cli.recipe_path, "run_dir": str(out), "lr": lr,
               "checks": [vars(c) for c in checks], "failed": any(c.status == FAIL for c in checks)}
     (out / "doctor.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
-    save_plot(out / "doctor.png", grads, acts, off, on, sweep, lr)
+    save_plot(out / "doctor.png", grads, acts, off, on, sweep, checks, num_classes)
     return checks, out
 
 
@@ -210,39 +217,110 @@ def lr_range(sweep: dict[str, list[float]], lr: float) -> Check:
 
 
 def save_plot(path: Path, grads: dict[str, float], acts: dict[str, dict[str, float]], off: list[float],
-              on: list[float], sweep: dict[str, list[float]], lr: float) -> None:
+              on: list[float], sweep: dict[str, list[float]], checks: list[Check], num_classes: int) -> None:
+    """doctor.png: one quantity per axis, layers named, the lr suggestions marked, the verdicts."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on clusters and CI
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    ax = axes[0, 0]
-    ax.bar(range(len(grads)), [max(g, 1e-45) for g in grads.values()])
-    ax.set(yscale="log", title="gradient norm per layer at init", xlabel="layer (input -> output)")
-    ax = axes[0, 1]
-    ax.plot([s["act_signal_std"] for s in acts.values()], marker="o", label="signal std")
-    for key in ("dead", "saturated"):
-        vals = [s[key] for s in acts.values() if key in s]
-        if vals:
-            ax.plot(vals, marker="x", label=f"{key} fraction")
-    ax.set(yscale="symlog", title="activations at init", xlabel="activation layer (depth)")
-    ax.legend()
-    ax = axes[1, 0]
-    ax.plot(off, label="regularization off")
-    if on:
-        ax.plot(on, label="regularization on")
-    ax.set(yscale="log", title="one-batch overfit", xlabel="step", ylabel="training loss")
-    ax.legend()
+    fig, axes = plt.subplots(3, 2, figsize=(14, 13))
+    by_name = {c.name: c for c in checks}
+    _per_layer(axes[0, 0], grads, "weight-gradient norm", "gradient norm per layer at init (log scale)", log=True)
+    _per_layer(axes[0, 1], {n: s["act_signal_std"] for n, s in acts.items()}, "signal std (over the batch)",
+               "activations at init: signal std per layer (log scale)", log=True)
+    kind = "dead" if any("dead" in s for s in acts.values()) else "saturated"
+    _per_layer(axes[1, 0], {n: s.get(kind, 0.0) for n, s in acts.items()}, f"{kind} fraction",
+               f"activations at init: {'dead ReLU units' if kind == 'dead' else 'saturated outputs'} per layer", log=False)
     ax = axes[1, 1]
-    finite = [v for v in sweep["loss"] if math.isfinite(v)]
-    ax.plot(sweep["lr"], sweep["loss"])
-    if finite:
-        ax.set_ylim(min(finite) * 0.9, min(max(finite), 3 * finite[0]) * 1.1)
-    ax.axvline(lr, color="r", linestyle="--", label=f"recipe lr {lr:.3g}")
-    ax.set(xscale="log", title="LR range test", xlabel="lr", ylabel="smoothed loss")
-    ax.legend()
+    ax.plot(range(1, len(off) + 1), getattr(off, "data", off), label="regularization off: cross-entropy")
+    if on:
+        ax.plot(range(1, len(on) + 1), on.data if hasattr(on, "data") else on, label="regularization on: cross-entropy")
+        if hasattr(on, "data") and any(a != b for a, b in zip(on, on.data)):
+            ax.plot(range(1, len(on) + 1), on, color="tab:orange", linestyle=":", label="regularization on: + penalty terms")
+    ax.axhline(math.log(num_classes), color="0.5", linestyle="--", linewidth=1, label=f"chance ln {num_classes}")
+    ax.axhline(dc.overfit_target(num_classes), color="tab:green", linestyle="-.", linewidth=1, label="near zero (PASS below)")
+    ax.set(xlabel="step", ylabel="training loss on one batch", title=f"one-batch overfit: {_status(by_name, 'overfit_batch')}")
+    _log_y(ax, [v for v in [*getattr(off, "data", off), *getattr(on, "data", on)] if math.isfinite(v) and v > 0])
+    ax.legend(fontsize=8)
+    _lr_panel(axes[2, 0], sweep, by_name.get("lr_range"))
+    _table(axes[2, 1], checks)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
+
+def _status(checks: dict[str, Check], name: str) -> str:
+    return checks[name].status if name in checks else "not run"
+
+
+def _log_y(ax: Any, values: list[float]) -> None:
+    """A log y axis over whole decades, labelled at each decade only: a range inside one decade
+    otherwise gets labels like 2.44304x10^-1 on its minor ticks."""
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    if values:
+        lo, hi = math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))
+        ax.set_ylim(10.0 ** lo, 10.0 ** max(hi, lo + 1))
+    ax.yaxis.set_major_locator(LogLocator(base=10, numticks=12))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _per_layer(ax: Any, values: dict[str, float], ylabel: str, title: str, log: bool) -> None:
+    """A bar per layer, named on the axis (input at the left); on a log axis, exact zeros (which
+    it cannot draw) are marked at its bottom."""
+    names = [f"net.{n}" for n in values] or ["(none)"]
+    heights = list(values.values()) or [0.0]
+    x = range(len(heights))
+    ax.bar(x, heights, color="tab:blue")
+    if log:
+        _log_y(ax, [h for h in heights if h > 0] or [1e-3, 1.0])
+        zeros = [i for i, h in enumerate(heights) if h == 0]
+        if zeros:
+            ax.plot(zeros, [ax.get_ylim()[0]] * len(zeros), "v", color="tab:red", markersize=7, clip_on=False,
+                    label=f"exactly 0 ({len(zeros)} of {len(heights)} layers)")
+            ax.legend(fontsize=8)
+    else:
+        ax.set_ylim(0, 1)
+        if not any(heights):
+            ax.text(0.5, 0.5, "0 in every layer", ha="center", va="center", transform=ax.transAxes, color="0.4")
+    step = max(1, len(names) // 30)  # at most ~30 labels: every k-th layer of a deep net
+    tilt = len(names) > 6
+    ax.set_xticks(range(0, len(names), step), names[::step], rotation=60 if tilt else 0, ha="right" if tilt else "center",
+                  fontsize=8)
+    ax.set(xlabel="layer (input -> output)", ylabel=ylabel, title=title)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _lr_panel(ax: Any, sweep: dict[str, list[float]], check: Check | None) -> None:
+    """The range test's loss against lr, with the recipe's lr and the suggestions marked."""
+    lrs, losses = sweep["lr"], sweep["loss"]
+    finite = [v for v in losses if math.isfinite(v)]
+    ax.plot(lrs, losses, color="tab:blue", label="smoothed training loss")
+    if finite:
+        ax.set_ylim(min(finite) * 0.9, min(max(finite), 3 * finite[0]) * 1.1)
+    values = check.values if check is not None else {}
+    marks = (("lr", "recipe lr", "r", "--"), ("steepest", "steepest descent", "g", ":"),
+             ("min10", "loss minimum / 10", "tab:purple", "-."), ("diverged_at", "loss blows up", "k", "-"))
+    for key, label, color, style in marks:
+        if values.get(key):
+            ax.axvline(values[key], color=color, linestyle=style, linewidth=1.5, label=f"{label}: {values[key]:.3g}")
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate", ylabel="smoothed loss",
+           title=f"LR range test: {check.status if check is not None else 'not run'}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _table(ax: Any, checks: list[Check]) -> None:
+    """The checks and their status, coloured, as the table prints them."""
+    colors = {PASS: "tab:green", WARN: "tab:orange", FAIL: "tab:red"}
+    ax.axis("off")
+    ax.set_title("checks")
+    for i, c in enumerate(checks):
+        y = 1 - (i + 0.5) / max(len(checks), 12)
+        ax.text(0.0, y, c.name, fontsize=10, transform=ax.transAxes, va="center")
+        ax.text(0.42, y, c.status, fontsize=10, weight="bold", color=colors.get(c.status, "k"), transform=ax.transAxes, va="center")
+        message = c.message if len(c.message) <= 60 else c.message[:57] + "..."
+        ax.text(0.55, y, message, fontsize=7, transform=ax.transAxes, va="center", color="0.3")

@@ -7,11 +7,17 @@ are iterative, each removing the same fraction of the weights still alive. ``sco
 ranks all weights together, ``layer`` prunes each layer to the same sparsity. A pruned weight
 ``w = w_orig * w_mask`` stays zero while training goes on (its gradient is masked). ``epochs: []``
 prunes nothing: a model loaded with masks (a lottery ticket) keeps them fixed.
+
+Pruning changes the model, so the epochs before the last pruning epoch rank a model the run
+no longer trains: at that epoch ``best.ckpt`` (and early stopping) start ranking afresh, and
+``best.ckpt`` is the best *pruned* model (see :func:`restart_ranking`). Checkpoints of either
+kind (with masks or dense) load into a model of either kind (:func:`match_masks`).
 The lottery-ticket procedure is ``trainkit lottery`` (:mod:`trainkit.commands.lottery`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import lightning.pytorch as pl
@@ -115,6 +121,43 @@ def attach_masks(net: nn.Module, state: dict[str, Tensor], prefix: str = "") -> 
     return count
 
 
+def match_masks(net: nn.Module, state: dict[str, Tensor], prefix: str = "") -> None:
+    """Give ``net`` the layout of the saved ``state``: the pruning reparametrization where the
+    state has masks, a plain ``weight`` where it has none (a dense checkpoint loaded into a
+    pruned model, e.g. a best epoch from before pruning), so ``load_state_dict(state)`` fits."""
+    attach_masks(net, state, prefix)
+    for name, module in net.named_modules():
+        key = f"{prefix}{name}." if name else prefix
+        if hasattr(module, "weight_mask") and f"{key}weight_orig" not in state and f"{key}weight" in state:
+            prune.remove(module, "weight")  # back to a plain parameter; its values come from the state
+
+
+def restart_ranking(trainer: pl.Trainer) -> None:
+    """Make the next validation's model the best so far for ``best.ckpt`` and early stopping.
+
+    Called when pruning starts a new model: the scores of the dense epochs must not rank it.
+    ModelCheckpoint keeps the path of its current best (so the next best overwrites
+    ``best.ckpt`` instead of writing ``best-v1.ckpt``) with the worst possible score; these are
+    its public attributes, restored from checkpoints as they are, so a resume keeps the restart.
+    """
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor is not None:
+            worst = torch.tensor(math.inf if cb.mode == "min" else -math.inf)
+            cb.best_k_models = {path: worst for path in cb.best_k_models}
+            cb.kth_value = worst
+            if cb.best_k_models:
+                cb.best_model_score = worst
+        elif isinstance(cb, EarlyStopping):
+            restart = getattr(cb, "restart", None)
+            if restart is not None:
+                restart()
+            else:
+                cb.wait_count = 0
+                cb.best_score = torch.tensor(math.inf if cb.mode == "min" else -math.inf)
+
+
 def pruned_state(net: nn.Module, masks_from: nn.Module | None = None) -> dict[str, Tensor]:
     """``net``'s state_dict, with the masks of ``masks_from`` applied to it (a lottery ticket:
     rewound weights with the trained model's masks)."""
@@ -145,3 +188,7 @@ class Pruning(Callback):
         target = 1.0 - (1.0 - self.target) ** (k / len(self.epochs))
         reached = prune_to(pl_module.net, target, self.scope)
         rank_zero_info(f"epoch {epoch}: pruned to sparsity {reached:.4f}")
+        if k == len(self.epochs):
+            # the final pruned model is the one the run reports: rank best.ckpt among its epochs
+            restart_ranking(trainer)
+            rank_zero_info("best.ckpt and early stopping rank the pruned model's epochs from here on")

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import LambdaLR, LinearLR, ReduceLROnPlateau
 
 from trainkit.errors import ConfigError
+from trainkit.optim.ramp import StepClock, ramped_batches
 from trainkit.optim.scaling import check_lr_scaling, global_batch, plan
 from trainkit.optim.schedules import SCHEDULES, with_warmup
 from trainkit.registry import check_kwargs
@@ -76,8 +77,9 @@ def _check_monitor(monitor: str) -> None:
         raise ConfigError(f"unknown metric {monitor!r} (valid: {', '.join(valid)})", f"{KEY}.monitor")
 
 
-def steps_per_epoch(trainer: Any) -> int:
-    """Optimizer steps per epoch of a running trainer, from the data module's split size.
+def steps_per_epoch(trainer: Any, epoch: int = 0) -> int:
+    """Optimizer steps of ``epoch`` of a running trainer, from the data module's split size
+    (and its batch ramp, see :mod:`trainkit.optim.ramp`).
 
     Not ``trainer.estimated_stepping_batches``: called from ``configure_optimizers`` it sets
     up the train loader before Lightning restores the loader's position from a checkpoint,
@@ -90,6 +92,8 @@ def steps_per_epoch(trainer: Any) -> int:
         batches = trainer.num_training_batches
     else:
         batches = dm.train_batches(trainer.world_size)
+        if getattr(dm, "batch_ramp", None):
+            batches = ramped_batches(batches, *dm.batch_ramp, epoch)
         limit = trainer.limit_train_batches
         if isinstance(limit, int):
             batches = min(batches, limit)
@@ -98,9 +102,15 @@ def steps_per_epoch(trainer: Any) -> int:
     return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
 
 
-def total_steps(trainer: Any, per_epoch: int) -> float:
-    """Optimizer steps of the whole run: max_steps or max_epochs x steps per epoch."""
-    by_epochs = trainer.max_epochs * per_epoch if trainer.max_epochs not in (None, -1) else math.inf
+def step_clock(trainer: Any) -> StepClock:
+    """Steps <-> epochs of the run: each epoch's steps, up to a batch ramp's last milestone."""
+    ramp = getattr(trainer.datamodule, "batch_ramp", None)
+    return StepClock([steps_per_epoch(trainer, e) for e in range(ramp[0][-1] + 1 if ramp else 1)])
+
+
+def total_steps(trainer: Any, clock: StepClock) -> float:
+    """Optimizer steps of the whole run: max_steps or the steps of max_epochs epochs."""
+    by_epochs = clock.steps(trainer.max_epochs) if trainer.max_epochs not in (None, -1) else math.inf
     return min(by_epochs, trainer.max_steps) if trainer.max_steps not in (None, -1) else by_epochs
 
 
@@ -131,8 +141,8 @@ def configure(
         logger.log_hyperparams({"lr_plan": line, "global_batch": batch.size, "lr_scaled": scaled})
 
     spec = check_schedule(schedule_spec)
-    per_epoch = steps_per_epoch(trainer)
-    warmup = int(round(spec["warmup_steps"] + spec["warmup_epochs"] * per_epoch))
+    clock = step_clock(trainer)
+    warmup = int(round(spec["warmup_steps"] + clock.steps(spec["warmup_epochs"])))
     args = {k: v for k, v in spec.items() if k not in COMMON}
     if spec["name"] == "plateau":
         monitor = args.pop("monitor", "val/loss")
@@ -146,10 +156,12 @@ def configure(
         return [optimizer], schedulers
     if spec["name"] == "constant" and not warmup:
         return optimizer  # a scheduler stepping a constant factor costs time every step
-    unit = 1 if spec["unit"] == "step" else per_epoch
+    # the schedule's time after warmup: steps, or epochs on the run's clock (ramped epochs are shorter)
+    start = clock.epochs(warmup)
+    since = (lambda s: s) if spec["unit"] == "step" else (lambda s: clock.epochs(s + warmup) - start)
     factory = SCHEDULES.get(spec["name"])
     if "total" in inspect.signature(factory).parameters and "total" not in args:
-        remaining = total_steps(trainer, per_epoch) - warmup
+        remaining = total_steps(trainer, clock) - warmup
         if not math.isfinite(remaining):
             raise ConfigError(
                 f"schedule {spec['name']!r} needs the run's length: set trainer.max_steps or max_epochs, "
@@ -157,7 +169,7 @@ def configure(
                 KEY,
             )
         # a warmup as long as the run (fast_dev_run) leaves the schedule one step
-        args["total"] = max(remaining, 1) / unit
+        args["total"] = since(max(remaining, 1))
     factor = factory(**args)
-    lam = with_warmup(lambda s: factor(s / unit), warmup)
+    lam = with_warmup(lambda s: factor(since(s)), warmup)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, lam), "interval": "step"}}

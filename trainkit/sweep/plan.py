@@ -12,7 +12,7 @@ from pathlib import Path
 
 from trainkit.errors import ConfigError
 from trainkit.metrics import METRIC_NAMES
-from trainkit.sweep.space import Param, check_paths, load_space, refine, sample_overrides
+from trainkit.sweep.space import Param, check_builds, check_paths, load_space, override, refine
 from trainkit.sweep.study import PRUNERS, SAMPLERS
 
 
@@ -88,9 +88,33 @@ def resolve(args: argparse.Namespace, overrides: list[str]) -> Sweep:
     if args.sampler == "grid":
         for p in params:
             p.grid()  # raises for continuous ranges
-    # the values must build: keys inside dicts (model.optimizer.lrr) and types fail here, exit 2
-    TrainkitCLI(["fit", "--config", args.config, *overrides, *sample_overrides(params)], run_stage=False)
+    check_values(params, ["fit", "--config", args.config, *overrides])
     return Sweep(name, experiment_dir / f"sweep-{name}", params, args.metric, direction, str(cfg.run.root), experiment_dir.name)
+
+
+def check_values(params: list[Param], argv: list[str]) -> None:
+    """Build the recipe with every choice and both ends of every range (see
+    :func:`~trainkit.sweep.space.check_builds`): keys inside dicts (``model.optimizer.lrr``),
+    types and out-of-range values fail here, before anything is written, not at trial N.
+
+    Raises:
+        ConfigError: naming the space path, the value and which end or choice it is.
+    """
+    from trainkit.runner import TrainkitCLI
+
+    for build in check_builds(params):
+        try:
+            TrainkitCLI([*argv, *(override(p.path, v) for p, v, _ in build)], run_stage=False)
+        except ConfigError as e:
+            # the parameter the error is about: its key names it, else the first whose path it mentions
+            culprit = next((b for b in build if e.key and (e.key == b[0].path or e.key.startswith(b[0].path + "."))), None)
+            culprit = culprit or next((b for b in build if b[0].path in str(e)), None)
+            if culprit is None:
+                values = ", ".join(f"{p.path}={v!r}" for p, v, _ in build)
+                raise ConfigError(f"the recipe refuses the space's values ({values}): {e}", "--space") from None
+            param, value, which = culprit
+            why = str(e).removeprefix(f"{e.key}: ") if e.key == param.path else str(e)
+            raise ConfigError(f"{value!r} ({which}) is refused, so no trial runs: {why}", param.path) from None
 
 
 def _refined(args: argparse.Namespace, experiment_dir: Path, direction: str) -> tuple[list[Param], str]:

@@ -157,9 +157,34 @@ def override(path: str, value: Any) -> str:
     return f"--{path}={text}"
 
 
-def sample_overrides(params: Iterable[Param]) -> list[str]:
-    """Overrides with one legal value per parameter (to check the values before any trial)."""
-    return [override(p.path, p.values[0]) for p in params]
+def edges(param: Param) -> list[tuple[Any, str]]:
+    """The values of ``param`` a check must build before any trial, each with how to name it:
+    both ends of a range (the constraints recipes put on a value are bounds, so a range whose
+    ends build builds everywhere in between), every choice.
+
+    >>> edges(Param("model.dropout", "uniform", (0.0, 1.5)))
+    [(0.0, 'low end of uniform [0.0, 1.5]'), (1.5, 'high end of uniform [0.0, 1.5]')]
+    >>> edges(Param("a", "choice", (0.1, "abc")))
+    [(0.1, 'choice 1 of [0.1, abc]'), ('abc', 'choice 2 of [0.1, abc]')]
+    """
+    shown = "[" + ", ".join(str(v) for v in param.values) + "]"
+    if param.kind == "choice":
+        return [(v, f"choice {i + 1} of {shown}") for i, v in enumerate(param.values)]
+    low, high = param.values
+    return [(low, f"low end of {param.kind} {shown}"), (high, f"high end of {param.kind} {shown}")]
+
+
+def check_builds(params: list[Param]) -> list[list[tuple[Param, Any, str]]]:
+    """The recipes to build before any trial so that every value of :func:`edges` is built once:
+    build ``i`` sets each parameter to its ``i``-th edge (its last one when it has fewer), so a
+    space costs as many builds as its longest list, not one per value.
+
+    >>> [[(p.path, v) for p, v, _ in b] for b in check_builds([Param("a", "choice", (1, 2, 3)), Param("b", "int", (0, 4))])]
+    [[('a', 1), ('b', 0)], [('a', 2), ('b', 4)], [('a', 3), ('b', 4)]]
+    """
+    per_param = [edges(p) for p in params]
+    n = max((len(e) for e in per_param), default=0)
+    return [[(p, *e[min(i, len(e) - 1)]) for p, e in zip(params, per_param)] for i in range(n)]
 
 
 def refine(params: list[Param], top: list[Mapping[str, Any]]) -> list[Param]:

@@ -43,6 +43,7 @@ class PruneTrial(Callback):
             raise ConfigError(f"pruning watches a validation metric (val/...), got {metric!r}", "--metric")
         self.trial, self.metric = trial, metric
         self.pruned_at: int | None = None
+        self.stop_reason: str | None = None  # read by fit's report (trainkit.verdict.fit_report)
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -55,6 +56,9 @@ class PruneTrial(Callback):
         self.trial.report(float(value), step=trainer.current_epoch)
         if self.trial.should_prune():
             self.pruned_at = trainer.current_epoch
+            pruner = type(getattr(self.trial.study, "pruner", None)).__name__
+            self.stop_reason = (f"pruned by the sweep ({pruner}) after epoch {self.pruned_at + 1}: {self.metric} "
+                                f"{float(value):.4f} is not promising against earlier trials at that epoch")
             trainer.should_stop = True
 
 
