@@ -20,7 +20,7 @@ import torch
 import yaml
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -30,6 +30,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from trainkit.callbacks.checkpointing import LastCheckpoint
 from trainkit.callbacks.curves import FitCurves
+from trainkit.callbacks.progress import StepValuesBar
 from trainkit.callbacks.early_stopping import EarlyStoppingConfig, SmoothedEarlyStopping
 from trainkit.callbacks.rng import RNGState
 from trainkit.callbacks.throughput import Throughput, throughput_record
@@ -172,6 +173,8 @@ class TrainkitCLI(LightningCLI):
             ]
             if self.es_cfg is not None:
                 callbacks.append(SmoothedEarlyStopping(self.es_cfg))
+        if trainer_cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(StepValuesBar())  # Lightning's bar, without a host read per step
         kwargs["callbacks"] = callbacks
         if SLURMEnvironment.detect() and not TorchElasticEnvironment.detect():
             # trainkit's LastCheckpoint checkpoints and requeues on SIGUSR1 instead of Lightning's handler

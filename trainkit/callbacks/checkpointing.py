@@ -119,10 +119,14 @@ class LastCheckpoint(Checkpoint):
     def save(self, trainer: pl.Trainer) -> None:
         """Save now (all ranks call it; rank zero writes). The checkpoint it replaces is kept
         as ``previous.ckpt``: a resume falls back to it if ``last.ckpt`` is unreadable (or, after
-        a kill between the rename and the write, missing)."""
-        if trainer.is_global_zero and self.path.exists():
-            os.replace(self.path, self.path.with_name("previous.ckpt"))
-        trainer.save_checkpoint(self.path)
+        a kill between the two renames, missing). The new one is written first, beside it: a
+        save refused on the way (the NaN guard's check) leaves ``last.ckpt`` as it was."""
+        partial = self.path.with_name(self.path.name + ".partial")
+        trainer.save_checkpoint(partial)
+        if trainer.is_global_zero:
+            if self.path.exists():
+                os.replace(self.path, self.path.with_name("previous.ckpt"))
+            os.replace(partial, self.path)
         self._saved_at = trainer.global_step
 
     def _handle(self, signum: int, frame: Any) -> None:

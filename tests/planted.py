@@ -1,0 +1,20 @@
+"""Callbacks that plant faults in a real run, given to it as a user adds callbacks
+(``--trainer.callbacks+={class_path: planted.NaNAt, init_args: {step: 7}}``, tests/ on the path)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lightning.pytorch import Callback
+
+
+class NaNAt(Callback):
+    """Put a NaN into the first input of the training batch of optimizer step ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            batch[0].view(len(batch[0]), -1)[0, 0] = math.nan
