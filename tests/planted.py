@@ -18,3 +18,22 @@ class NaNAt(Callback):
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step == self.step:
             batch[0].view(len(batch[0]), -1)[0, 0] = math.nan
+
+
+class SignalAt(Callback):
+    """Send ``signum`` to this process at the end of optimizer step ``step`` on global rank
+    ``rank`` only; every rank writes the step it stopped at to ``<out>.rank<r>``."""
+
+    def __init__(self, step: int, rank: int, out: str, signum: int = 15):
+        self.step, self.rank, self.out, self.signum = step, rank, out, signum
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+        import os
+
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            os.kill(os.getpid(), self.signum)
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        from pathlib import Path
+
+        Path(f"{self.out}.rank{trainer.global_rank}").write_text(str(trainer.global_step))
