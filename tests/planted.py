@@ -37,3 +37,36 @@ class SignalAt(Callback):
         from pathlib import Path
 
         Path(f"{self.out}.rank{trainer.global_rank}").write_text(str(trainer.global_step))
+
+
+class SaveOnException(Callback):
+    """Save the in-memory model and optimizer state to ``path`` when the fit raises."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        import torch
+
+        torch.save({"state_dict": pl_module.state_dict(), "optimizer": trainer.optimizers[0].state_dict(),
+                    "global_step": trainer.global_step}, self.path)
+
+
+class AveragedDevice(Callback):
+    """At the end of training, write the devices of the EMA/SWA copy and of the module to ``out``."""
+
+    def __init__(self, out: str):
+        self.out = out
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        import json
+        from pathlib import Path
+
+        from trainkit.callbacks.averaging import WeightAveraging
+
+        avg = next(c for c in trainer.callbacks if isinstance(c, WeightAveraging))
+        module = avg.averaged.module
+        tensors = [*module.parameters(), *module.buffers(), avg.averaged.n_averaged]
+        Path(self.out).write_text(json.dumps({"copy": sorted({str(t.device) for t in tensors}),
+                                              "module": str(pl_module.device), "n": avg.n,
+                                              "n_averaged": int(avg.averaged.n_averaged)}))

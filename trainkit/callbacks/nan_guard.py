@@ -302,11 +302,12 @@ class NaNGuard(Callback):
         if self.mode == "scaler":
             kept = "the GradScaler skipped the updates with non-finite gradients"
         else:
-            kept = f"its update and every later one with a non-finite value were skipped ({self.mode.replace('_', ' ')}), so the weights stayed finite"
-        saved = (f"the last checkpoint this run wrote holds step {self._last_saved_step}, before it" if self._last_saved_step is not None
-                 else "this run wrote no checkpoint before it")
+            how = "found inf" if self.mode == "found_inf" else "restored"
+            kept = f"its update and every later one with a non-finite value were skipped on the device ({how}), so the weights stayed finite"
+        saved = (f"the last one this run wrote is from step {self._last_saved_step}" if self._last_saved_step is not None
+                 else "this run wrote no checkpoint")
         raise TrainingFailed(
             f"training diverged at step {step} (epoch {trainer.current_epoch}): {what}; lr={lr:.4g}; {layer}. {CAUSES}. "
-            f"The run stopped at step {trainer.global_step} (checked every {self.every} steps): {kept}; "
-            f"no checkpoint was written after step {step - 1}: {saved}."
+            f"The run stopped at step {trainer.global_step} (checked every {self.every} steps and before every checkpoint): {kept}; "
+            f"no checkpoint was written after the bad step: {saved}."
         )
