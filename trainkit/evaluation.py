@@ -3,7 +3,8 @@
 They are drawn from the tested model's probabilities on the test split, saved as PNG in the
 run dir (``confusion_matrix.png``, ``roc.png``, ``pr.png``) and logged to W&B as native plots
 (``wandb.plot.confusion_matrix``, ``roc_curve``, ``pr_curve``) and as the same images.
-Multiclass curves are one-vs-rest, one line per class.
+Multiclass curves are one-vs-rest, one line per class; binary ones are those of the positive
+class (``model.positive_class``).
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def predict_split(model: torch.nn.Module, loader: Any) -> tuple[np.ndarray, np.n
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()
 
 
-def save_plots(out: Path, probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Path]:
-    """Write the three PNGs into ``out``; returns their paths by plot name."""
+def save_plots(out: Path, probs: np.ndarray, labels: np.ndarray, classes: list[str], positive: int = 1) -> dict[str, Path]:
+    """Write the three PNGs into ``out``; returns their paths by plot name (binary: the curves
+    of class ``positive``)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on clusters and CI
@@ -48,7 +50,7 @@ def save_plots(out: Path, probs: np.ndarray, labels: np.ndarray, classes: list[s
     fig.savefig(paths["confusion_matrix"], dpi=100)
     plt.close(fig)
     # binary: the positive class only; multiclass: one-vs-rest per class
-    shown = [1] if n == 2 else list(range(n))
+    shown = [positive] if n == 2 else list(range(n))
     for name, display, title in (("roc", RocCurveDisplay, "ROC"), ("pr", PrecisionRecallDisplay, "precision-recall")):
         fig, ax = plt.subplots(figsize=(6, 5))
         for c in shown:
@@ -71,12 +73,14 @@ def evaluation_plots(trainer: Any, model: torch.nn.Module, datamodule: Any, run_
         return {}
     probs, labels = predict_split(model, datamodule.test_dataloader())
     classes = [str(c) for c in datamodule.data.classes]
-    paths = save_plots(run_dir, probs, labels, classes)
-    _log_wandb(trainer, probs, labels, classes, paths)
+    positive = getattr(model, "positive_class", 1)  # model.positive_class (binary tasks)
+    paths = save_plots(run_dir, probs, labels, classes, positive)
+    _log_wandb(trainer, probs, labels, classes, paths, positive)
     return {f"test/plot_{name}": str(path) for name, path in paths.items()}
 
 
-def _log_wandb(trainer: Any, probs: np.ndarray, labels: np.ndarray, classes: list[str], paths: dict[str, Path]) -> None:
+def _log_wandb(trainer: Any, probs: np.ndarray, labels: np.ndarray, classes: list[str], paths: dict[str, Path],
+               positive: int = 1) -> None:
     from lightning.pytorch.loggers import WandbLogger
 
     loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
@@ -87,7 +91,7 @@ def _log_wandb(trainer: Any, probs: np.ndarray, labels: np.ndarray, classes: lis
     from sklearn.metrics import precision_recall_curve, roc_curve
 
     # wandb.plot.roc_curve/pr_curve need pandas; the same curves as line series do not
-    shown = [1] if len(classes) == 2 else [c for c in range(len(classes)) if (labels == c).any()]
+    shown = [positive] if len(classes) == 2 else [c for c in range(len(classes)) if (labels == c).any()]
     roc = [roc_curve(labels == c, probs[:, c])[:2] for c in shown]
     pr = [precision_recall_curve(labels == c, probs[:, c])[:2][::-1] for c in shown]
     keys = [f"class {classes[c]}" for c in shown]

@@ -15,7 +15,7 @@ from torch import nn
 
 from trainkit.errors import ConfigError
 from trainkit.extras import extra_callbacks, optimizer_options, setup_extras
-from trainkit.metrics import STAGES, StageMetrics, check_auroc_thresholds
+from trainkit.metrics import STAGES, StageMetrics, check_auroc_thresholds, check_positive_class, flush_chunk
 from trainkit.nn.craft import build_net, setup_net
 from trainkit.nn.prune import attach_masks
 from trainkit.nn.regularize import check_regularization, make_optimizer, penalty
@@ -63,6 +63,9 @@ class Classifier(pl.LightningModule):
         channels_last: keep conv weights and image batches in channels_last memory order
             (NHWC): faster convolutions on GPUs with tensor cores, above all with
             ``trainer.precision: bf16-mixed``; image inputs only.
+        positive_class: binary tasks: the class (name or index) that precision, recall, F1 and
+            the ROC/PR curves score; ``null``: index 1. Printed with the results.
+        class_names: the class names; linked from the data module, not set in recipes.
     """
 
     def __init__(
@@ -90,6 +93,8 @@ class Classifier(pl.LightningModule):
         prune: dict[str, Any] | None = None,
         auroc_thresholds: int | None = None,
         channels_last: bool = False,
+        positive_class: int | str | None = None,
+        class_names: list[str] | None = None,
     ):
         super().__init__()
         # hparams go into checkpoints; the W&B config gets the whole recipe from the CLI instead
@@ -109,9 +114,11 @@ class Classifier(pl.LightningModule):
         self.schedule_spec, self.lr_scaling = schedule, lr_scaling
         self.net = build_net(arch, num_classes, input_shape, activation, arch_args, norm, dropout, init)
         # keyed "<stage>_": a ModuleDict key "train" would clash with nn.Module.train
-        self.metrics = nn.ModuleDict(
-            {f"{s}_": StageMetrics(num_classes, s, auroc_thresholds=auroc_thresholds) for s in STAGES}
-        )
+        self.positive_class = check_positive_class(positive_class, num_classes, class_names)
+        chunk = flush_chunk(auroc_thresholds)
+        self.metrics = nn.ModuleDict({
+            f"{s}_": StageMetrics(num_classes, s, chunk, auroc_thresholds, self.positive_class) for s in STAGES
+        })
         setup_extras(self)
         self._step_log: tuple[int, torch.Tensor] | None = None
         self.step_values: dict[str, float] = {}  # the last logged per-step values, on the host

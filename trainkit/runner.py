@@ -95,6 +95,7 @@ class TrainkitCLI(LightningCLI):
         parser.add_class_arguments(DiagnosticsConfig, "diagnostics", instantiate=False)
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
+        parser.link_arguments("data.data", "model.class_names", compute_fn=class_names, apply_on="instantiate")
         parser.link_arguments("seed_everything", "data.seed", compute_fn=augment_seed)
         parser.add_argument("--ensemble", type=Optional[str], default=None,
                             help="test/validate: evaluate an ensemble of the run's checkpoints (snapshots)")
@@ -295,8 +296,16 @@ class TrainkitCLI(LightningCLI):
     def _finish(self, stage: str, metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
         metrics = {k: float(v) for k, v in metrics.items()}
         extra = extra or {}
+        if self.model.hparams.num_classes == 2:  # which class precision/recall/F1 score
+            i = self.model.positive_class
+            extra = {**extra, f"{stage}/positive_class": f"{self.datamodule.data.classes[i]} (index {i})"}
         _write_metrics(self.run_dir, {**metrics, **extra})
         self.result = StageResult(stage, metrics, self.run_dir.path, extra)
+
+
+def class_names(data: Any) -> list[str]:
+    """The class names of a data module's dataset (linked into ``model.class_names``)."""
+    return [str(c) for c in data.classes]
 
 
 @rank_zero_only
