@@ -16,6 +16,7 @@ from torch import nn
 from trainkit.errors import ConfigError
 from trainkit.extras import extra_callbacks, optimizer_options, setup_extras
 from trainkit.metrics import STAGES, StageMetrics, check_auroc_thresholds, check_positive_class, flush_chunk
+from trainkit.nn.compile import check_compile, compile_net
 from trainkit.nn.craft import build_net, setup_net
 from trainkit.nn.prune import attach_masks
 from trainkit.nn.regularize import check_regularization, make_optimizer, penalty
@@ -66,6 +67,8 @@ class Classifier(pl.LightningModule):
         positive_class: binary tasks: the class (name or index) that precision, recall, F1 and
             the ROC/PR curves score; ``null``: index 1. Printed with the results.
         class_names: the class names; linked from the data module, not set in recipes.
+        compile: ``torch.compile`` the network: ``false``, ``true`` or ``{mode, fullgraph,
+            dynamic, backend}`` (see :mod:`trainkit.nn.compile`).
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class Classifier(pl.LightningModule):
         channels_last: bool = False,
         positive_class: int | str | None = None,
         class_names: list[str] | None = None,
+        compile: bool | dict[str, Any] = False,
     ):
         super().__init__()
         # hparams go into checkpoints; the W&B config gets the whole recipe from the CLI instead
@@ -111,6 +115,7 @@ class Classifier(pl.LightningModule):
             shape = tuple(input_shape)
             raise ConfigError(f"is for image inputs (C, H, W); this data has inputs of shape {shape}", "model.channels_last")
         self.channels_last = channels_last
+        self.compile_spec = check_compile(compile)
         self.schedule_spec, self.lr_scaling = schedule, lr_scaling
         self.net = build_net(arch, num_classes, input_shape, activation, arch_args, norm, dropout, init)
         # keyed "<stage>_": a ModuleDict key "train" would clash with nn.Module.train
@@ -127,6 +132,9 @@ class Classifier(pl.LightningModule):
         self.net = setup_net(self.net, self.trainer, stage, self.hparams.init, self.hparams.sync_batchnorm)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        if getattr(self, "_compiled_id", None) != id(self.net):  # setup runs once per stage
+            self.net = compile_net(self.net, self.compile_spec)
+            self._compiled_id = id(self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:

@@ -44,6 +44,9 @@ from trainkit.errors import ConfigError
 from trainkit.evaluation import evaluation_plots
 from trainkit.recipe import CheckpointConfig, check_recipe_files, explain_parse_error
 from trainkit.module import Classifier
+from trainkit import gpu_defaults
+from trainkit.gpu_defaults import GPUConfig
+from trainkit.nn.compile import check_toolchain
 from trainkit.optim.scaling import check_lr_scaling
 from trainkit.predict import output_path, resolve_input, write_predictions
 from trainkit.rundir import RUN_DIR_ENV, RunConfig, RunDir, atomic_write_text, resolve_run_dir, resume_candidates, wandb_mode
@@ -93,6 +96,7 @@ class TrainkitCLI(LightningCLI):
         parser.add_class_arguments(CheckpointConfig, "checkpoint", instantiate=False)
         parser.add_argument("--early_stopping", type=Optional[EarlyStoppingConfig], default=None, help="early stopping (null: off)")
         parser.add_class_arguments(DiagnosticsConfig, "diagnostics", instantiate=False)
+        parser.add_class_arguments(GPUConfig, "gpu", instantiate=False)
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
         parser.link_arguments("data.data", "model.class_names", compute_fn=class_names, apply_on="instantiate")
@@ -130,6 +134,7 @@ class TrainkitCLI(LightningCLI):
             self.ckpt_cfg.monitor, self.ckpt_cfg.mode = self.es_cfg.monitor, self.es_cfg.mode
             cfg.checkpoint.monitor, cfg.checkpoint.mode = self.es_cfg.monitor, self.es_cfg.mode
         self.diag_cfg = DiagnosticsConfig(**cfg.diagnostics.as_dict())
+        self.gpu_cfg = GPUConfig(**cfg.gpu.as_dict())
         recipes = cfg.get("config") or []
         self.recipe_path = str(recipes[0]) if recipes else None
         self.run_dir = resolve_run_dir(self.run_cfg, self.recipe_path, stage)
@@ -180,6 +185,7 @@ class TrainkitCLI(LightningCLI):
         if SLURMEnvironment.detect() and not TorchElasticEnvironment.detect():
             # trainkit's LastCheckpoint checkpoints and requeues on SIGUSR1 instead of Lightning's handler
             kwargs["plugins"] = [*(trainer_cfg.get("plugins") or []), SLURMEnvironment(auto_requeue=False)]
+        self._gpu_defaults(trainer_cfg, kwargs)  # before the loggers: the W&B config records them
         if trainer_cfg.get("logger") is None:
             kwargs["logger"] = self._loggers()
         kwargs.setdefault("default_root_dir", str(self.run_dir.path))
@@ -188,6 +194,7 @@ class TrainkitCLI(LightningCLI):
         except (MisconfigurationException, ValueError) as e:
             # e.g. more GPUs than the machine has, an unknown accelerator or strategy
             raise ConfigError(str(e), "trainer") from None
+        check_toolchain(self.model.compile_spec, trainer.strategy.root_device)
         cores = os.cpu_count() or 1
         if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > cores:
             raise ConfigError(
@@ -196,6 +203,23 @@ class TrainkitCLI(LightningCLI):
                 "trainer.devices",
             )
         return trainer
+
+    def _gpu_defaults(self, trainer_cfg: dict[str, Any], kwargs: dict[str, Any]) -> None:
+        """TF32 matmuls and cuDNN autotuning where they help (trainkit.gpu_defaults), applied and
+        written into the recipe this run records, with the resolved ``data.drop_last``."""
+        precision, benchmark = gpu_defaults.resolve(
+            self.gpu_cfg, trainer_cfg.get("benchmark"), gpu_defaults.on_cuda(trainer_cfg.get("accelerator")),
+            images=len(self.model.hparams.input_shape) == 3, fixed_shapes=self.datamodule.batch_ramp is None,
+            deterministic=bool(trainer_cfg.get("deterministic")))
+        gpu_defaults.apply(precision)
+        kwargs["benchmark"] = benchmark
+        if self.datamodule.drop_last is None:  # data.drop_last: on when compiling (static shapes)
+            self.datamodule.drop_last = self.model.compile_spec is not None
+        recipe = yaml.safe_load(self.recipe_text)
+        recipe.setdefault("gpu", {})["matmul_precision"] = precision
+        recipe.setdefault("trainer", {})["benchmark"] = benchmark
+        recipe.setdefault("data", {})["drop_last"] = bool(self.datamodule.drop_last)  # resolved with model.compile
+        self.recipe_text = yaml.safe_dump(recipe, sort_keys=False)
 
     def _loggers(self) -> list[Any]:
         import wandb as wandb_lib

@@ -104,6 +104,13 @@ def check_labels(data: ArrayData, name: str) -> None:
             )
 
 
+class _DropLastMemoryLoader(MemoryLoader):
+    """``data.drop_last`` on the memory path: its batches are the first ``len(self)``."""
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+
 class DataModule(pl.LightningDataModule):
     """Splits, standardization and loaders for a dataset from the registry.
 
@@ -141,6 +148,8 @@ class DataModule(pl.LightningDataModule):
         loader: ``dataloader`` (per-sample loading, any augmentation) or ``memory`` (the fast
             path for data that fit in memory: splits kept as tensors on the training device,
             batches sliced in the same order, batched flip and pad-crop; trainkit.data.memory).
+        drop_last: drop each epoch's last, short training batch (static shapes for
+            ``model.compile``); ``null``: on when compiling, off otherwise.
     """
 
     def __init__(
@@ -166,9 +175,11 @@ class DataModule(pl.LightningDataModule):
         standardize: bool = True,
         permute_labels: bool = False,
         loader: str = "dataloader",
+        drop_last: bool | None = None,
     ):
         super().__init__()
         self.loader = check_loader(loader)  # before `loader` below names the dataset's loader
+        self.drop_last = drop_last  # None until the runner resolves it (on when compiling)
         try:
             loader = DATASETS.get(dataset)
         except ConfigError as e:
@@ -330,7 +341,8 @@ class DataModule(pl.LightningDataModule):
         if not shuffle:
             # a private generator: evaluation loaders leave the global random stream untouched
             return DataLoader(self.splits[split], generator=torch.Generator().manual_seed(self.seed), **kwargs)
-        return ResumableLoader(self.splits[split], sampler=self._sampler(split), progress=self._batches_processed, **kwargs)
+        return ResumableLoader(self.splits[split], sampler=self._sampler(split), progress=self._batches_processed,
+                               drop_last=bool(self.drop_last), **kwargs)
 
     def _sampler(self, split: str) -> EpochSampler:
         # Seeded as Lightning's own injected sampler; Lightning calls set_epoch every epoch.
@@ -351,13 +363,14 @@ class DataModule(pl.LightningDataModule):
         x, y = self._on_device[key]
         if not shuffle:
             return MemoryLoader(x, y, batch_size)
-        return MemoryLoader(x, y, batch_size, self._sampler(split), self._batches_processed, self.memory_augment, self.seed)
+        cls = _DropLastMemoryLoader if self.drop_last else MemoryLoader
+        return cls(x, y, batch_size, self._sampler(split), self._batches_processed, self.memory_augment, self.seed)
 
     def train_batches(self, world_size: int) -> int:
         """Training batches per epoch on each of ``world_size`` ranks (the sampler pads the split
         to a multiple of the world size), at the first epoch's batch size."""
         per_rank = -(-len(self.splits["train"]) // world_size)
-        return -(-per_rank // self.batch_size)
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
     def _batches_processed(self) -> int:
         """Training batches the trainer has processed in its current epoch (resume position)."""
