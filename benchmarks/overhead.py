@@ -13,8 +13,8 @@ SGD with momentum (no weight decay, dropout or schedule; torch's fused kernel in
 trainkit's NaN guard uses it), so the math is identical: the loss of
 the final weights on a fixed batch must agree to 5 decimals. Throughput is samples/s of the
 training steps with the first epoch left out (validation off or not counted), as trainkit's
-``perf/train_samples_per_s``, by the wall clock and by the process's CPU clock
-(``time.process_time``; with one torch thread that is the step's own work, which other jobs on a
+``perf/train_samples_per_s``, by the wall clock and by the main thread's CPU clock
+(``time.thread_time``; with one torch thread that is the step's own work, which other jobs on a
 shared machine inflate far less than the wall clock). Prints a markdown table of medians over
 ``--reps`` with the step time of each arm over the Lightning floor's (goal for trainkit's memory
 path: <= 1.15) and over the hand loop's. ``--arms`` runs a subset (e.g. while profiling).
@@ -63,8 +63,10 @@ def built(workload: str, epochs: int):
 
 class StepClock(Callback):
     """Samples/s of the training steps by the wall and the CPU clock, the first epoch left out
-    (each epoch from its start to its last batch, as trainkit's Throughput). Given to trainkit
-    as a user adds a callback (``--trainer.callbacks+=overhead.StepClock``)."""
+    (each epoch from its start to the end of its last batch, as trainkit's Throughput). The CPU
+    clock is the main thread's (``time.thread_time``), where every op runs with one torch
+    thread; the process clock sums every thread's and costs milliseconds a call with many
+    threads. Given to trainkit as a user adds a callback (``--trainer.callbacks+=overhead.StepClock``)."""
 
     def __init__(self) -> None:
         self.first: int | None = None
@@ -73,18 +75,14 @@ class StepClock(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.first = trainer.current_epoch if self.first is None else self.first
-        self._n, self._t = 0, (time.perf_counter(), time.process_time())
-        self._last = self._t
+        self._n, self._t = 0, (time.perf_counter(), time.thread_time())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._n += len(batch[0])
-        self._last = (time.perf_counter(), time.process_time())
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.current_epoch != self.first:
+        if batch_idx + 1 == trainer.num_training_batches and trainer.current_epoch != self.first:
             self.samples += self._n
-            self.wall += self._last[0] - self._t[0]
-            self.cpu += self._last[1] - self._t[1]
+            self.wall += time.perf_counter() - self._t[0]
+            self.cpu += time.thread_time() - self._t[1]
 
     def rates(self) -> tuple[float, float]:
         """(samples/s by the wall clock, samples/s by the CPU clock)."""
@@ -144,7 +142,7 @@ def hand(workload: str, epochs: int) -> tuple[float, float, float]:
 
     cli = built(workload, epochs)
     rates = []
-    for clock in (time.perf_counter, time.process_time):
+    for clock in (time.perf_counter, time.thread_time):
         net, (x, y) = copy.deepcopy(cli.model), cli.datamodule.splits["train"].tensors
         opt = torch.optim.SGD(net.parameters(), **SGD)
         sampler = EpochSampler(cli.datamodule.splits["train"], 1, 0, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))

@@ -48,6 +48,7 @@ class HostReads(Callback):
         self.where: dict[int, list[str]] = defaultdict(list)  # first frames of each read (reports)
         self.log_every = 50
         self.monitor_every: int | None = None
+        self.check_every: int | None = None  # the NaN guard's host checks
         self.seen: set[int] = set()
         self._saved: dict[str, Any] = {}
 
@@ -89,8 +90,11 @@ class HostReads(Callback):
     # -- step windows --------------------------------------------------------------------------
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self.log_every = trainer.log_every_n_steps
-        monitors = [c for c in trainer.callbacks if type(c).__name__ == "Monitors"]
+        every = [m for c in trainer.callbacks for m in [c, *getattr(c, "callbacks", [])]]  # groups too
+        monitors = [c for c in every if type(c).__name__ == "Monitors"]
         self.monitor_every = monitors[0].every_n_steps if monitors else None
+        guards = [c for c in every if type(c).__name__ == "NaNGuard"]
+        self.check_every = guards[0].every if guards else None
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self.step = trainer.global_step
@@ -103,10 +107,12 @@ class HostReads(Callback):
 
     # -- results -------------------------------------------------------------------------------
     def ordinary(self, step: int) -> bool:
-        """Neither a logging nor a monitor step (nor the NaN guard's check, on the log steps)."""
+        """Neither a logging nor a monitor step, nor one that ends with the NaN guard's check
+        (by default on the logging steps)."""
         logs = bool(self.log_every) and (step + 1) % self.log_every == 0
         monitors = self.monitor_every is not None and step % self.monitor_every == 0
-        return not (logs or monitors)
+        checks = self.check_every is not None and (step + 1) % self.check_every == 0
+        return not (logs or monitors or checks)
 
     def ordinary_reads(self) -> dict[int, dict[str, int]]:
         """``{step: {method: count}}`` of the ordinary steps that read anything."""
@@ -124,6 +130,7 @@ class HostReads(Callback):
             "steps": sorted(self.seen),
             "log_every": self.log_every,
             "monitor_every": self.monitor_every,
+            "check_every": self.check_every,
         }
 
 

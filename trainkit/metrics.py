@@ -10,7 +10,8 @@ with ``auroc_thresholds`` it keeps a confusion matrix per threshold instead, wha
 number of samples, and the predictions are flushed every ``chunk`` samples.
 
 torchmetrics' argument checks (``validate_args``) read tensors on the host (``torch.unique``,
-``isnan().any()``) at every update; trainkit turns them off and keeps their guarantees itself:
+``isnan().any()``) at every update, and so does its MeanMetric; trainkit turns the checks off
+and averages the loss itself (:class:`WeightedMean`), keeping their guarantees:
 labels are checked to be integers in ``[0, num_classes)`` when the data are loaded
 (``trainkit.data.datamodule.check_labels``) and the scores are softmax probabilities.
 On CUDA, torchmetrics' confusion counts (``torch.bincount``) still wait for the device at a
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import AUROC, Accuracy, F1Score, Precision, Recall
 
 from trainkit.errors import ConfigError
@@ -183,36 +184,35 @@ class StageMetrics(nn.Module):
         self.stage, self.chunk = stage, chunk
         self.positive = positive if num_classes == 2 else None
         self.collection = make_metrics(num_classes, stage, auroc_thresholds)
-        # a NaN loss stays NaN in the epoch's mean (the default drops it, after a host check)
-        self.loss = MeanMetric(nan_strategy="disable")
-        self._pending: list[tuple[Tensor, Tensor, Tensor]] = []
-        self._count = 0
-        self._updated = False
+        self.loss = WeightedMean()
+        # the step's bookkeeping lives in a plain object: an nn.Module attribute write goes
+        # through Module.__setattr__'s type checks, a few microseconds each, every step
+        self._buf = _Pending()
 
     def update(self, logits: Tensor, target: Tensor, loss: Tensor) -> None:
         """Keep one step's predictions (``loss``: the step's mean loss)."""
-        self._pending.append((logits.detach(), target, loss.detach().float()))
-        self._count += target.numel()
-        self._updated = True
-        if self.chunk is not None and self._count >= self.chunk:
+        buf = self._buf
+        buf.items.append((logits.detach(), target, loss.detach()))
+        buf.count += target.numel()
+        if self.chunk is not None and buf.count >= self.chunk:
             self._flush()
 
     def _flush(self) -> None:
-        if not self._pending:
+        if not self._buf.items:
             return
-        logits, targets, losses = zip(*self._pending)
+        logits, targets, losses = zip(*self._buf.items)
         target = torch.cat(targets)
         if self.positive is not None:
             self.collection.update(scores(torch.cat(logits), self.positive), binary_target(target, self.positive))
         else:
             self.collection.update(scores(torch.cat(logits)), target)
         weights = torch.tensor([t.numel() for t in targets], dtype=torch.float32, device=losses[0].device)
-        self.loss.update(torch.stack(losses), weight=weights)
-        self._pending, self._count = [], 0
+        self.loss.update(torch.stack(losses).float(), weight=weights)
+        self._buf.items, self._buf.count, self._buf.flushed = [], 0, True
 
     def compute(self) -> dict[str, Tensor]:
         """The epoch's values, synced across ranks; empty if this rank saw no step. Resets."""
-        if not self._updated:
+        if not self._buf.items and not self._buf.flushed:
             return {}
         self._flush()
         out = {f"{self.stage}/loss": self.loss.compute(), **self.collection.compute()}
@@ -222,4 +222,33 @@ class StageMetrics(nn.Module):
     def reset(self) -> None:
         self.collection.reset()
         self.loss.reset()
-        self._pending, self._count, self._updated = [], 0, False
+        self._buf = _Pending()
+
+
+class WeightedMean(Metric):
+    """The weighted mean of the values fed, synced across ranks (sums of value x weight and of
+    weights). torchmetrics' MeanMetric checks its inputs for NaN on the host at every update
+    (and drops them); here a NaN loss stays NaN in the epoch's mean and nothing is read."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor, weight: Tensor) -> None:
+        self.total += (value.float() * weight.float()).sum()
+        self.weight += weight.float().sum()
+
+    def compute(self) -> Tensor:
+        return self.total / self.weight
+
+
+class _Pending:
+    """A stage's predictions not yet handed to torchmetrics, and whether any were (this epoch)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.count = 0
+        self.flushed = False

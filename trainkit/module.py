@@ -125,7 +125,7 @@ class Classifier(pl.LightningModule):
             f"{s}_": StageMetrics(num_classes, s, chunk, auroc_thresholds, self.positive_class) for s in STAGES
         })
         setup_extras(self)
-        self._step_log: tuple[int, torch.Tensor] | None = None
+        self._step_log: tuple[int, torch.Tensor, float] | None = None
         self.step_values: dict[str, float] = {}  # the last logged per-step values, on the host
 
     def setup(self, stage: str) -> None:
@@ -163,18 +163,21 @@ class Classifier(pl.LightningModule):
         # later step), a device sync each on a GPU. They leave the device in on_train_batch_end.
         every = self.trainer.log_every_n_steps
         if every and (self.trainer.global_step + 1) % every == 0:
-            self._step_log = (self.trainer.global_step, loss.detach())
+            # the lr of this step: the scheduler steps before on_train_batch_end
+            self._step_log = (self.trainer.global_step, loss.detach(), float(self.trainer.optimizers[0].param_groups[0]["lr"]))
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._step_log is None:  # most steps (an nn.Module attribute write costs ~2 us)
+            return
         pending, self._step_log = self._step_log, None
         trainer = self.trainer
         # after the optimizer step (under gradient accumulation: the batch that stepped)
         if pending is None or trainer.global_step == pending[0] or not trainer.is_global_zero:
             return
-        step, loss = pending
+        step, loss, lr = pending
         # everything logged leaves the device in one transfer; the lr is a Python float already
-        values = {"train/loss_step": loss.float().tolist(), "train/lr": float(trainer.optimizers[0].param_groups[0]["lr"])}
+        values = {"train/loss_step": loss.float().tolist(), "train/lr": lr}
         self.step_values = {"train/loss_step": values["train/loss_step"]}  # shown by the progress bar
         for logger in trainer.loggers:
             logger.log_metrics({**values, "epoch": trainer.current_epoch}, step=step)

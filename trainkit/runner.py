@@ -31,6 +31,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from trainkit.callbacks.checkpointing import LastCheckpoint
 from trainkit.callbacks.curves import FitCurves
 from trainkit.callbacks.progress import StepValuesBar
+from trainkit.callbacks.group import CallbackGroup
 from trainkit.callbacks.early_stopping import EarlyStoppingConfig, SmoothedEarlyStopping
 from trainkit.callbacks.rng import RNGState
 from trainkit.callbacks.throughput import Throughput, throughput_record
@@ -170,12 +171,16 @@ class TrainkitCLI(LightningCLI):
                 )
             )
             callbacks += [
-                *diagnostics_callbacks(self.diag_cfg),
                 LastCheckpoint(self.run_dir.checkpoints / "last.ckpt", self.ckpt_cfg.every_n_steps),
-                WorldRecord(self.datamodule.batch_size, check_lr_scaling(self.model.lr_scaling)),
-                RNGState(),
-                FitCurves(),
-                Throughput(),
+                # one Lightning callback for trainkit's own: Lightning dispatches every hook of
+                # every callback on every step (trainkit.callbacks.group)
+                CallbackGroup([
+                    *diagnostics_callbacks(self.diag_cfg),
+                    WorldRecord(self.datamodule.batch_size, check_lr_scaling(self.model.lr_scaling)),
+                    RNGState(),
+                    FitCurves(),
+                    Throughput(),
+                ]),
             ]
             if self.es_cfg is not None:
                 callbacks.append(SmoothedEarlyStopping(self.es_cfg))

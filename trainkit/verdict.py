@@ -93,6 +93,7 @@ def fit_report(trainer: Any, best_checkpoint: str, num_classes: int) -> dict[str
 
     from trainkit.callbacks.curves import FitCurves
     from trainkit.callbacks.early_stopping import SmoothedEarlyStopping
+    from trainkit.callbacks.group import find
 
     es = next((c for c in trainer.callbacks if isinstance(c, SmoothedEarlyStopping)), None)
     if es is not None:
@@ -103,7 +104,7 @@ def fit_report(trainer: Any, best_checkpoint: str, num_classes: int) -> dict[str
     if best_checkpoint:
         # the epoch field of a checkpoint is the 0-based epoch it was saved in
         out["fit/best_epoch"] = int(torch.load(best_checkpoint, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1
-    curves = next((c for c in trainer.callbacks if isinstance(c, FitCurves)), None)
+    curves = find(trainer, FitCurves)  # inside trainkit's CallbackGroup
     if curves is not None and curves.val_loss:
         v = fit_verdict(curves.val_loss, curves.train_loss, num_classes, bool(out["fit/early_stopped"]))
         n = min(curves.subset_size, len(trainer.datamodule.arrays["train"][1]))

@@ -2,17 +2,18 @@
 
 What it promises, without reading a value on the host in an ordinary step:
 
-- **No update from a bad step.** Every step, on the device: the loss is checked before
-  backward (a non-finite loss poisons its gradients, so under DDP every rank sees it after the
-  all-reduce and all skip alike), the gradient norms before the optimizer step, and the step's
-  update is skipped when anything is non-finite. torch's fused SGD/Adam/AdamW/Adagrad kernels
-  take the flag as ``found_inf`` (the mechanism of ``GradScaler``) and skip on the device; the
-  guard switches those optimizers to their fused kernels (they already are on CUDA). Any other
-  optimizer gets a device-side restore: parameters and optimizer state are copied before the
-  step and put back where the flag is set (state that a skipped step created is zeroed; Python
-  counters some optimizers keep in their groups still advance). Under ``16-mixed`` the
-  ``GradScaler`` skips inf/NaN gradients itself (overflow is routine there), and the guard
-  watches the loss only.
+- **No update from a bad step.** Every step, on the device: the gradient norms are taken
+  before the optimizer step (a non-finite loss makes its gradients non-finite; under DDP they
+  are the all-reduced ones, so every rank decides alike), and the step's update is skipped when
+  one is non-finite. torch's fused SGD/Adam/AdamW/Adagrad kernels take the flag as
+  ``found_inf`` (the mechanism of ``GradScaler``) and skip on the device; the guard switches
+  those optimizers to their fused kernels (they already are on CUDA). Any other optimizer gets
+  a device-side restore: parameters and optimizer state are copied before the step and put
+  back where the flag is set (state that a skipped step created is zeroed; Python counters
+  some optimizers keep in their groups still advance). Under ``16-mixed`` the ``GradScaler``
+  skips inf/NaN gradients itself (overflow is routine there), and the guard watches the loss
+  only. The step's loss is kept too: a non-finite loss whose gradients are all finite (it
+  takes infinite logits from a finite network) updates the weights finitely and stops the run.
 - **A stop at the next host check** (every ``check_every_n_steps`` optimizer steps, default
   ``trainer.log_every_n_steps``; also at each validation, epoch end and before every
   checkpoint): one transfer of the steps' flags; the error names the first bad step, its lr and
@@ -127,8 +128,8 @@ class NaNGuard(Callback):
         self.check_every_n_steps = check_every_n_steps
         self.every = check_every_n_steps or 50
         self.modes: dict[int, str] = {}  # per optimizer (id): see skip_mode
-        self._loss_bad: Tensor | None = None
-        self._rows: Tensor | None = None  # per step since the last check: grad norms..., loss bad
+        self._rows: Tensor | None = None  # per step since the last check: grad norms..., loss
+        self._views: list[tuple[Tensor, Tensor]] = []
         self._first_step = 0  # the optimizer step of row 0
         self._used = 0  # rows filled
         self._lrs: list[float] = []
@@ -157,53 +158,29 @@ class NaNGuard(Callback):
         if self._rows is not None:
             self._rows.zero_()
 
-    def _row(self, width: int, device: torch.device) -> Tensor:
-        """Row of the current optimizer step; the buffer is (re)made when the layout changes."""
-        rows = self._rows
-        if rows is None or rows.shape != (self.every + 1, width + 1) or rows.device != device:
-            self._rows = rows = torch.zeros(self.every + 1, width + 1, device=device)
-        return rows[self._used]
-
     # -- per step, on the device ---------------------------------------------------------------
     @override
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._batch = batch  # a reference: used to locate the layer if the loss was bad
-
-    @override
-    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
-        bad = torch.isfinite(loss.detach()).logical_not_()
-        self._loss_bad = bad if getattr(self, "_loss_bad", None) is None else self._loss_bad | bad
-        if loss.requires_grad:
-            # a non-finite loss makes every gradient NaN: the step is skipped on every rank
-            # alike (DDP all-reduces the poisoned gradients), whatever its gradients would be
-            loss.register_hook(lambda g: g.masked_fill(bad, math.nan))
-
-    @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
-        params = [p for p in self._params if p.grad is not None]
-        if not params:
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if not grads:
             return
         if self._used > self.every:  # more steps than rows since the last check (checks skipped)
             self.check(trainer, pl_module)
         mode = self.modes.get(id(optimizer), "restore")
-        norms = torch.stack(torch._foreach_norm([p.grad for p in params]))
-        row = self._row(len(params), norms.device)
-        loss_bad = getattr(self, "_loss_bad", None)
-        self._loss_bad = None
-        if mode == "scaler":
-            # inf gradients are the GradScaler's business (it skips them and lowers the scale)
-            if loss_bad is not None:
-                row[-1].copy_(loss_bad)
-        else:
-            row[:-1].copy_(norms)
-            if loss_bad is not None:
-                row[-1].copy_(loss_bad)
-            bad = torch.isfinite(norms.sum()).logical_not_()
-            if mode == "found_inf":
-                self._prime(optimizer)
-                optimizer.found_inf = bad.float()
-            else:
-                self._save(optimizer, params, bad)
+        rows = self._rows
+        if rows is None or rows.shape[1] != len(grads) + 1 or rows.device != grads[0].device:
+            self._rows = rows = torch.zeros(self.every + 2, len(grads) + 1, device=grads[0].device)
+            # views made once: indexing a tensor costs microseconds a step
+            self._views = [(row[:-1], row[-1]) for row in rows]
+        # this step's row: the gradient norms, then (in on_train_batch_end) the loss; written in
+        # place, a handful of small ops and no host read
+        norms = torch.stack(torch._foreach_norm(grads), out=self._views[self._used][0])
+        if mode == "found_inf":
+            self._prime(optimizer)
+            # the gradients are all-reduced under DDP: every rank skips alike
+            optimizer.found_inf = torch.isfinite(norms.sum()).logical_not_().float()
+        elif mode == "restore":
+            self._save(optimizer, [p for p in self._params if p.grad is not None], torch.isfinite(norms.sum()).logical_not_())
         self._used += 1
         self._lrs.append(float(optimizer.param_groups[0]["lr"]))
 
@@ -230,7 +207,7 @@ class NaNGuard(Callback):
         return [v for state in states for s in state.values() for v in s.values() if isinstance(v, Tensor)]
 
     @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._saved is not None:
             tensors, copies, known, bad = self._saved
             self._saved = None
@@ -240,6 +217,10 @@ class NaNGuard(Callback):
                 for t in self._state_tensors(trainer.optimizers[0]):
                     if id(t) not in known:  # created by this step
                         t.masked_fill_(bad, 0)
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if self._used and isinstance(loss, Tensor):
+            self._views[self._used - 1][1].copy_(loss.detach())  # the step's loss, checked at the next check
+        self._batch = batch  # a reference: the failure message runs it through the model
         if self._used and trainer.global_step % self.every == 0:
             self.check(trainer, pl_module)
 
@@ -272,7 +253,7 @@ class NaNGuard(Callback):
         first, lrs = self._first_step, self._lrs
         self._reset(trainer.global_step)
         for i, row in enumerate(values):
-            loss_bad = row[-1] != 0
+            loss_bad = not math.isfinite(row[-1])
             bad_grad = next((j for j, v in enumerate(row[:-1]) if not math.isfinite(v)), None)
             if loss_bad or (bad_grad is not None and self.mode != "scaler"):
                 self._fail(trainer, pl_module, first + i, lrs[i] if i < len(lrs) else float("nan"), loss_bad, bad_grad)
