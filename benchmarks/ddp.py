@@ -50,11 +50,10 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 # overhead.py sits beside this script (sys.path[0]): the same workloads, model build and probe
-from overhead import ROOT, Sliced, built, hand_loop, probe_loss, trainkit_args
+from overhead import ROOT, SGD, Sliced, built, hand_loop, probe_loss, trainkit_args
 
 # digits: more than overhead.py's 6, as 2 processes take 10 steps an epoch
 EPOCHS = {"digits": 20, "resnet20": 3}
-LR, MOMENTUM = 0.05, 0.9  # overhead.COMMON's optimizer: plain SGD with momentum
 GOAL = 0.95
 TIMEOUT_S = 900  # one trainkit launch; a run takes well under a minute
 
@@ -82,7 +81,7 @@ def hand_worker(rank: int, world: int, port: int, net: torch.nn.Module, x: torch
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
         model = DistributedDataParallel(convert_cpu_sync_batchnorm(net))
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    opt = torch.optim.SGD(model.parameters(), **SGD)
     seen, seconds = hand_loop(model, opt, x, y, EpochSampler(TensorDataset(x, y), world, rank, seed=seed), batch, epochs)
     if rank == 0:  # every rank steps through a shard of the same length
         torch.save({"samples_per_s": seen * world / seconds, "net": net.state_dict()}, out)
@@ -119,7 +118,7 @@ def lightning_worker(rank: int, world: int, port: int, net: torch.nn.Module, x: 
             return F.cross_entropy(self.net(b[0]), b[1])
 
         def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=LR, momentum=MOMENTUM)
+            return torch.optim.SGD(self.parameters(), **SGD)
 
     meter = Throughput()
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=world, strategy="ddp" if world > 1 else "auto",

@@ -15,7 +15,9 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from trainkit.callbacks.diagnostics import Monitors, dead_fraction, saturated_fraction
+import wandb
+
+from trainkit.callbacks.diagnostics import Monitors, dead_fraction, histogram_tensor, saturated_fraction, wandb_histogram
 from trainkit.cli import main
 from trainkit.data.datamodule import DataModule
 from trainkit.module import Classifier
@@ -72,6 +74,20 @@ def test_monitor_values_match_a_direct_computation(tmp_path: Path):
     assert got["diag/lr"] == 0.1 and got["diag/throughput"] > 0
     rows = list(csv.DictReader(next(tmp_path.rglob("metrics.csv")).open()))
     assert float(rows[0]["diag/dead/net.1"]) == 0.5
+
+
+def test_histograms_of_near_constant_values_log():
+    # three float32 values one ulp apart, like the init study's vanished weights at step 50:
+    # numpy's 64 bins over that range are not finite-sized (wandb.Histogram raised, the fit crashed)
+    values = torch.ones(999) + (torch.arange(999) % 3) * 1.2e-7
+    with pytest.raises(ValueError, match="Too many bins"):
+        wandb.Histogram(values.numpy())
+    hist = wandb_histogram(histogram_tensor(values).tolist())
+    assert sum(hist.histogram) == 999 and len(hist.bins) == 65
+    assert all(a < b for a, b in zip(hist.bins, hist.bins[1:])) and hist.bins[0] <= 1.0 <= 1.0 + 2.4e-7 <= hist.bins[-1]
+    # an ordinary spread keeps its exact range
+    spread = wandb_histogram(histogram_tensor(torch.tensor([0.0, 1.0, 2.0, 4.0])).tolist())
+    assert (spread.bins[0], spread.bins[-1]) == (0.0, 4.0) and sum(spread.histogram) == 4
 
 
 def test_fractions_on_handcrafted_tensors():

@@ -156,3 +156,72 @@ def test_fit_with_binned_auroc_writes_val_auroc_close_to_exact():
     exact, binned = (json.loads((runs / n / "metrics.json").read_text())["val/auroc"] for n in ("exact", "binned"))
     assert 0.5 < exact < 1.0
     assert binned == pytest.approx(exact, abs=0.003), (binned, exact)
+
+
+@pytest.mark.parametrize("positive", [0, 1])
+def test_positive_class_is_the_class_binary_metrics_score(positive):
+    data = fake_predictions(2)
+    metrics = StageMetrics(2, "val", chunk=50, positive=positive)
+    for step in torch.arange(len(data["target"])).split(16):
+        metrics.update(data["logits"][step], data["target"][step], data["losses"][step].mean())
+    got = {k: float(v) for k, v in metrics.compute().items()}
+    y, probs = data["target"].numpy(), data["logits"].softmax(-1).numpy()
+    pred = probs.argmax(1)
+    assert got["val/precision"] == pytest.approx(precision_score(y, pred, pos_label=positive), abs=1e-5)
+    assert got["val/recall"] == pytest.approx(recall_score(y, pred, pos_label=positive), abs=1e-5)
+    assert got["val/f1"] == pytest.approx(f1_score(y, pred, pos_label=positive), abs=1e-5)
+    assert got["val/auroc"] == pytest.approx(roc_auc_score(y == positive, probs[:, positive]), abs=1e-4)
+    assert got["val/acc"] == pytest.approx(accuracy_score(y, pred), abs=1e-6)
+
+
+@pytest.mark.parametrize("auroc_thresholds", [None, 50])
+def test_metric_updates_and_flushes_read_nothing_on_the_host(auroc_thresholds):
+    from host_reads import HostReads
+
+    data = fake_predictions(10, n=400)
+    metrics = StageMetrics(10, "val", chunk=64, auroc_thresholds=auroc_thresholds)
+    with HostReads() as reads:
+        reads.step = 1  # as inside a training step: the window is open
+        for step in torch.arange(400).split(16):  # six flushes of 64 samples on the way
+            metrics.update(data["logits"][step], data["target"][step], data["losses"][step].mean())
+        reads.step = None
+        computed = {k: float(v) for k, v in metrics.compute().items()}
+    # no argument checks (validate_args) and no NaN check of the loss: what is left is
+    # torchmetrics' range check of the AUROC's scores, a host read on CPU tensors only (a
+    # torch.where on CUDA), once per flush; training flushes at the epoch's end with exact AUROC
+    assert dict(reads.reads) == {1: {"__bool__": 6}}, reads.where
+    assert all("normalize_logits_if_needed" in w for w in reads.where[1]), reads.where
+    assert computed == pytest.approx(single_process(data, chunk=10**6, auroc_thresholds=auroc_thresholds), abs=1e-6)
+
+
+def test_positive_class_by_name_on_breast_cancer_is_used_and_printed(capsys):
+    recipe = DEFAULT_RECIPE.with_name("breast_cancer_mlp.yaml")
+    args = ["--config", str(recipe), "--run.name=pos", *QUIET, "--trainer.max_epochs=2", "--model.positive_class=malignant",
+            "--trainer.logger=false", "--data.num_workers=0"]
+    assert main(["fit", *args]) == 0
+    out = capsys.readouterr().out
+    assert "fit/positive_class: malignant (index 0)" in out
+    metrics = json.loads(Path("runs/breast_cancer_mlp/pos/metrics.json").read_text())
+    # fit reports best.ckpt on the val split: recompute its precision for class 0 by hand
+    from trainkit.runner import TrainkitCLI
+
+    cli = TrainkitCLI(["validate", *args], run_stage=False)
+    state = torch.load("runs/breast_cancer_mlp/pos/checkpoints/best.ckpt", weights_only=True)["state_dict"]
+    cli.model.load_state_dict(state)
+    cli.model.eval()
+    x, y = cli.datamodule.splits["val"].tensors
+    with torch.no_grad():
+        pred = cli.model(x).argmax(1).numpy()
+    assert metrics["val/precision"] == pytest.approx(precision_score(y.numpy(), pred, pos_label=0), abs=1e-5)
+    assert metrics["val/recall"] == pytest.approx(recall_score(y.numpy(), pred, pos_label=0), abs=1e-5)
+
+
+@pytest.mark.parametrize("recipe, value, words", [
+    ("breast_cancer_mlp.yaml", "cat", "unknown class 'cat' (valid: 'malignant', 'benign', 0, 1)"),
+    ("digits_mlp.yaml", "1", "is for binary tasks; this data has 10 classes"),
+])
+def test_bad_positive_class_names_the_key(recipe, value, words, capsys):
+    code = main(["fit", "--config", str(DEFAULT_RECIPE.with_name(recipe)), f"--model.positive_class={value}", *QUIET])
+    assert code == 2
+    assert f"model.positive_class: {words}" in capsys.readouterr().err
+    assert not Path("runs").exists()

@@ -133,7 +133,7 @@ def run_ensemble(cli: Any, stage: str) -> tuple[dict[str, float], dict[str, Any]
         else:
             out = cli.run_dir.path if name == "ensemble" else cli.run_dir.path / "ensemble" / name
             title = f"ensemble of {len(paths)} snapshots" if name == "ensemble" else name
-            found = report_evaluation(trainer, p.numpy(), y.numpy(), classes, out, prefix, title)
+            found = report_evaluation(trainer, p.numpy(), y.numpy(), classes, out, prefix, title, cli.model.positive_class)
         if name != "ensemble":  # members: one line for their plots, their counts only when not 0
             found = {k: v for k, v in found.items() if k.endswith("/warning") or (k.endswith("/nonfinite_outputs") and v)}
         extra.update(found)

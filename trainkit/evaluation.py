@@ -4,7 +4,8 @@ They are drawn from the tested model's probabilities on the test split, saved as
 run dir (``confusion_matrix.png``, ``roc.png``, ``pr.png``) and logged to W&B as native plots
 (``wandb.plot.confusion_matrix``, line series for ROC and PR) and as the same images.
 Multiclass curves are one-vs-rest, one line per class named by its class; binary curves are
-those of the positive class (index 1). Each curve's legend entry carries its AUC (ROC) or
+those of the positive class (``model.positive_class``, default index 1). Each curve's legend
+entry carries its AUC (ROC) or
 average precision (PR) to four digits, and a dashed line marks chance.
 
 Any loadable checkpoint is evaluated to the end: outputs that are not finite (a model whose
@@ -80,13 +81,13 @@ def _curves(kind: str, probs: np.ndarray, labels: np.ndarray, shown: list[int]) 
     return out
 
 
-def shown_classes(n: int) -> list[int]:
-    """Binary: the positive class (index 1); multiclass: every class, one-vs-rest."""
-    return [1] if n == 2 else list(range(n))
+def shown_classes(n: int, positive: int = 1) -> list[int]:
+    """Binary: the positive class; multiclass: every class, one-vs-rest."""
+    return [positive] if n == 2 else list(range(n))
 
 
 def save_plots(out: Path, probs: np.ndarray, labels: np.ndarray, classes: list[str], split: str = "test",
-               title: str = "") -> dict[str, Path]:
+               title: str = "", positive: int = 1) -> dict[str, Path]:
     """Write the three PNGs into ``out``; returns their paths by plot name.
 
     Rows of ``probs`` that are not finite are left out (and counted in each plot's title).
@@ -118,7 +119,7 @@ def save_plots(out: Path, probs: np.ndarray, labels: np.ndarray, classes: list[s
     fig.savefig(paths["confusion_matrix"], dpi=100)
     plt.close(fig)
 
-    shown = shown_classes(n)
+    shown = shown_classes(n, positive)
     colors = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20")
     for name, (xlabel, ylabel, area, head) in {
         "roc": ("false positive rate", "true positive rate", "AUC", "ROC"),
@@ -140,7 +141,7 @@ def save_plots(out: Path, probs: np.ndarray, labels: np.ndarray, classes: list[s
             mean = np.mean([v for *_, v in curves])
             if name == "roc" and mean >= 0.9:
                 _corner(ax, curves, colors)
-            kind = "one-vs-rest per class" if n > 2 else f"positive class {classes[1]}"
+            kind = "one-vs-rest per class" if n > 2 else f"positive class {classes[positive]}"
             ax.set_title(f"{head} ({what}; {kind}; {'mean ' if len(curves) > 1 else ''}{area} {mean:.4f}){note}")
             # outside the axes: a legend inside hides the curves near the corner it sits in
             ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False,
@@ -181,7 +182,7 @@ def _nothing(ax: Any, dropped: int) -> None:
 
 
 def report_evaluation(trainer: Any, probs: np.ndarray, labels: np.ndarray, classes: list[str], out: Path,
-                      prefix: str = "test", title: str = "") -> dict[str, Any]:
+                      prefix: str = "test", title: str = "", positive: int = 1) -> dict[str, Any]:
     """Plots of test-split probabilities in ``out`` and W&B, and the non-finite count; rank zero only.
 
     ``prefix`` names the model in metric and W&B keys (``test``, ``test/snapshot-1``).
@@ -190,8 +191,8 @@ def report_evaluation(trainer: Any, probs: np.ndarray, labels: np.ndarray, class
     if not trainer.is_global_zero:
         return {}
     out.mkdir(parents=True, exist_ok=True)
-    paths = save_plots(out, probs, labels, classes, "test", title)
-    _log_wandb(trainer, probs, labels, classes, paths, prefix)
+    paths = save_plots(out, probs, labels, classes, "test", title, positive)
+    _log_wandb(trainer, probs, labels, classes, paths, prefix, positive)
     return {**nonfinite_report(probs, prefix), **{f"{prefix}/plot_{name}": str(path) for name, path in paths.items()}}
 
 
@@ -200,11 +201,12 @@ def evaluation_plots(trainer: Any, model: torch.nn.Module, datamodule: Any, run_
     if not trainer.is_global_zero:
         return {}
     probs, labels = predict_split(model, datamodule.test_dataloader(), datamodule.prepare_inputs)
-    return report_evaluation(trainer, probs, labels, [str(c) for c in datamodule.data.classes], run_dir)
+    classes = [str(c) for c in datamodule.data.classes]
+    return report_evaluation(trainer, probs, labels, classes, run_dir, positive=getattr(model, "positive_class", 1))
 
 
 def _log_wandb(trainer: Any, probs: np.ndarray, labels: np.ndarray, classes: list[str], paths: dict[str, Path],
-               prefix: str = "test") -> None:
+               prefix: str = "test", positive: int = 1) -> None:
     from lightning.pytorch.loggers import WandbLogger
 
     loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
@@ -214,7 +216,7 @@ def _log_wandb(trainer: Any, probs: np.ndarray, labels: np.ndarray, classes: lis
 
     finite = np.isfinite(probs).all(axis=1)
     probs, labels = probs[finite], labels[finite]
-    shown = shown_classes(len(classes))
+    shown = shown_classes(len(classes), positive)
     # wandb.plot.roc_curve/pr_curve need pandas; the same curves as line series do not
     records: dict[str, Any] = {f"{prefix}/plot/{name}": wandb.Image(str(path)) for name, path in paths.items()}
     if len(labels):

@@ -4,16 +4,31 @@ Metrics accumulate state over an epoch and are computed (and, under DDP, synced 
 ranks) once per epoch by torchmetrics, so per-step logging never waits on other ranks.
 :class:`StageMetrics` feeds them in chunks: a torchmetrics update of the five metrics costs
 ~0.3 ms on a CPU, more than a small training step, so steps only keep their predictions.
-The exact AUROC keeps every score of the epoch (and all-gathers them under DDP); with
-``auroc_thresholds`` it keeps a confusion matrix per threshold instead, whatever the
-number of samples.
+The exact AUROC keeps every score of the epoch (and all-gathers them under DDP), so its
+predictions are handed over once, at the epoch's end (flushing earlier would save no memory);
+with ``auroc_thresholds`` it keeps a confusion matrix per threshold instead, whatever the
+number of samples, and the predictions are flushed every ``chunk`` samples.
+
+torchmetrics' argument checks (``validate_args``) read tensors on the host (``torch.unique``,
+``isnan().any()``) at every update, and so does its MeanMetric; trainkit turns the checks off
+and averages the loss itself (:class:`WeightedMean`), keeping their guarantees:
+labels are checked to be integers in ``[0, num_classes)`` when the data are loaded
+(``trainkit.data.datamodule.check_labels``) and the scores are softmax probabilities.
+On CUDA, torchmetrics' confusion counts (``torch.bincount``) still wait for the device at a
+flush: with exact AUROC that is the epoch's end; with ``auroc_thresholds``, every ``chunk``
+samples (on the CPU, torchmetrics also range-checks binned-AUROC scores there, a host read
+that on CUDA is a ``torch.where``).
+
+Binary problems score the positive class (``positive_class``, index 1 unless the recipe's
+``model.positive_class`` names another): precision, recall, F1, and the ROC/PR curves of
+``trainkit test``.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import AUROC, Accuracy, F1Score, Precision, Recall
 
 from trainkit.errors import ConfigError
@@ -53,11 +68,39 @@ def auroc_grid(n: int) -> Tensor:
     return torch.cat([torch.zeros(1, dtype=torch.float64), inner, torch.ones(1, dtype=torch.float64)]).float()
 
 
+def check_positive_class(value: int | str | None, num_classes: int, classes: list[str] | None = None) -> int:
+    """The index of ``model.positive_class`` (a class name or index; ``None``: 1) of a binary task.
+
+    Raises:
+        ConfigError: set for a task that is not binary, or not one of the classes.
+
+    >>> check_positive_class(None, 2), check_positive_class("malignant", 2, ["malignant", "benign"])
+    (1, 0)
+    """
+    key = "model.positive_class"
+    if value is None:
+        return 1
+    if num_classes != 2:
+        raise ConfigError(f"is for binary tasks; this data has {num_classes} classes (set it to null)", key)
+    names = [str(c) for c in classes or []]
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(f"must be a class name or index, got {value!r}", key)
+    if isinstance(value, int) and value in (0, 1):
+        return value
+    if isinstance(value, str) and value in names:
+        return names.index(value)
+    if isinstance(value, str) and value in ("0", "1"):
+        return int(value)
+    valid = ", ".join([*(repr(n) for n in names), "0", "1"])
+    raise ConfigError(f"unknown class {value!r} (valid: {valid})", key)
+
+
 def make_metrics(num_classes: int, stage: str, auroc_thresholds: int | None = None) -> MetricCollection:
     """The metrics of one stage: ``acc``, ``precision``, ``recall``, ``f1``, ``auroc``.
 
-    Binary problems (``num_classes == 2``) use the positive class (index 1); multiclass
-    problems use macro averages, and one-vs-rest AUROC. Feed it with :func:`scores`.
+    Binary problems (``num_classes == 2``) score the positive class; multiclass problems use
+    macro averages, and one-vs-rest AUROC. Feed it with :func:`scores` (and, binary,
+    :func:`binary_target`). torchmetrics' argument checks are off (see the module docstring).
 
     Args:
         num_classes: number of classes (2: binary).
@@ -77,9 +120,9 @@ def make_metrics(num_classes: int, stage: str, auroc_thresholds: int | None = No
     """
     check_auroc_thresholds(auroc_thresholds)
     if num_classes == 2:
-        kw: dict = {"task": "binary"}
+        kw: dict = {"task": "binary", "validate_args": False}
     else:
-        kw = {"task": "multiclass", "num_classes": num_classes, "average": "macro"}
+        kw = {"task": "multiclass", "num_classes": num_classes, "average": "macro", "validate_args": False}
     return MetricCollection(
         {
             # accuracy is the plain fraction of correct predictions (micro), whatever the task
@@ -93,10 +136,27 @@ def make_metrics(num_classes: int, stage: str, auroc_thresholds: int | None = No
     )
 
 
-def scores(logits: torch.Tensor) -> torch.Tensor:
+def scores(logits: torch.Tensor, positive: int = 1) -> torch.Tensor:
     """What the metrics take: class probabilities, or the positive-class probability if binary."""
     probs = logits.detach().float().softmax(dim=-1)
-    return probs[:, 1] if probs.shape[-1] == 2 else probs
+    return probs[:, positive] if probs.shape[-1] == 2 else probs
+
+
+def binary_target(target: torch.Tensor, positive: int = 1) -> torch.Tensor:
+    """Binary labels with ``positive`` as 1 (the labels themselves when it is index 1)."""
+    return target if positive == 1 else (target == positive).long()
+
+
+def flush_chunk(auroc_thresholds: int | None, chunk: int = 4096) -> int | None:
+    """Samples between flushes of :class:`StageMetrics` in training: ``None`` (the epoch's end)
+    with the exact AUROC, whose state holds every score anyway, so flushing earlier would only
+    add device syncs (torchmetrics' bincount on CUDA) to training steps; ``chunk`` when the
+    binned AUROC keeps the state bounded.
+
+    >>> flush_chunk(None), flush_chunk(100)
+    (None, 4096)
+    """
+    return None if auroc_thresholds is None else chunk
 
 
 class StageMetrics(nn.Module):
@@ -105,7 +165,8 @@ class StageMetrics(nn.Module):
     :meth:`update` keeps the step's detached logits, targets and loss; the torchmetrics
     objects are updated once per ``chunk`` samples and at :meth:`compute`, which syncs across
     ranks (torchmetrics) and resets for the next epoch. The values equal per-step updates.
-    ``auroc_thresholds``: as in :func:`make_metrics`.
+    ``chunk=None`` flushes at :meth:`compute` only (see :func:`flush_chunk`).
+    ``auroc_thresholds``: as in :func:`make_metrics`. ``positive``: a binary task's positive class.
 
     >>> m = StageMetrics(3, "val", chunk=2)
     >>> logits = torch.eye(3)[[0, 1, 2, 1]] * 2  # predicts 0, 1, 2, 1
@@ -117,35 +178,41 @@ class StageMetrics(nn.Module):
     (0.75, 1.5, ['val/acc', 'val/auroc', 'val/f1', 'val/loss', 'val/precision', 'val/recall'])
     """
 
-    def __init__(self, num_classes: int, stage: str, chunk: int = 4096, auroc_thresholds: int | None = None):
+    def __init__(self, num_classes: int, stage: str, chunk: int | None = 4096, auroc_thresholds: int | None = None,
+                 positive: int = 1):
         super().__init__()
         self.stage, self.chunk = stage, chunk
+        self.positive = positive if num_classes == 2 else None
         self.collection = make_metrics(num_classes, stage, auroc_thresholds)
-        self.loss = MeanMetric()
-        self._pending: list[tuple[Tensor, Tensor, Tensor]] = []
-        self._count = 0
-        self._updated = False
+        self.loss = WeightedMean()
+        # the step's bookkeeping lives in a plain object: an nn.Module attribute write goes
+        # through Module.__setattr__'s type checks, a few microseconds each, every step
+        self._buf = _Pending()
 
     def update(self, logits: Tensor, target: Tensor, loss: Tensor) -> None:
         """Keep one step's predictions (``loss``: the step's mean loss)."""
-        self._pending.append((logits.detach(), target, loss.detach().float()))
-        self._count += target.numel()
-        self._updated = True
-        if self._count >= self.chunk:
+        buf = self._buf
+        buf.items.append((logits.detach(), target, loss.detach()))
+        buf.count += target.numel()
+        if self.chunk is not None and buf.count >= self.chunk:
             self._flush()
 
     def _flush(self) -> None:
-        if not self._pending:
+        if not self._buf.items:
             return
-        logits, targets, losses = zip(*self._pending)
-        self.collection.update(scores(torch.cat(logits)), torch.cat(targets))
+        logits, targets, losses = zip(*self._buf.items)
+        target = torch.cat(targets)
+        if self.positive is not None:
+            self.collection.update(scores(torch.cat(logits), self.positive), binary_target(target, self.positive))
+        else:
+            self.collection.update(scores(torch.cat(logits)), target)
         weights = torch.tensor([t.numel() for t in targets], dtype=torch.float32, device=losses[0].device)
-        self.loss.update(torch.stack(losses), weight=weights)
-        self._pending, self._count = [], 0
+        self.loss.update(torch.stack(losses).float(), weight=weights)
+        self._buf.items, self._buf.count, self._buf.flushed = [], 0, True
 
     def compute(self) -> dict[str, Tensor]:
         """The epoch's values, synced across ranks; empty if this rank saw no step. Resets."""
-        if not self._updated:
+        if not self._buf.items and not self._buf.flushed:
             return {}
         self._flush()
         out = {f"{self.stage}/loss": self.loss.compute(), **self.collection.compute()}
@@ -155,4 +222,33 @@ class StageMetrics(nn.Module):
     def reset(self) -> None:
         self.collection.reset()
         self.loss.reset()
-        self._pending, self._count, self._updated = [], 0, False
+        self._buf = _Pending()
+
+
+class WeightedMean(Metric):
+    """The weighted mean of the values fed, synced across ranks (sums of value x weight and of
+    weights). torchmetrics' MeanMetric checks its inputs for NaN on the host at every update
+    (and drops them); here a NaN loss stays NaN in the epoch's mean and nothing is read."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor, weight: Tensor) -> None:
+        self.total += (value.float() * weight.float()).sum()
+        self.weight += weight.float().sum()
+
+    def compute(self) -> Tensor:
+        return self.total / self.weight
+
+
+class _Pending:
+    """A stage's predictions not yet handed to torchmetrics, and whether any were (this epoch)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.count = 0
+        self.flushed = False

@@ -15,7 +15,8 @@ from torch import nn
 
 from trainkit.errors import ConfigError
 from trainkit.extras import extra_callbacks, optimizer_options, setup_extras
-from trainkit.metrics import STAGES, StageMetrics, check_auroc_thresholds
+from trainkit.metrics import STAGES, StageMetrics, check_auroc_thresholds, check_positive_class, flush_chunk
+from trainkit.nn.compile import check_compile, compile_net
 from trainkit.nn.craft import build_net, setup_net
 from trainkit.nn.prune import match_masks
 from trainkit.nn.regularize import check_regularization, make_optimizer, penalty
@@ -67,6 +68,11 @@ class Classifier(pl.LightningModule):
         channels_last: keep conv weights and image batches in channels_last memory order
             (NHWC): faster convolutions on GPUs with tensor cores, above all with
             ``trainer.precision: bf16-mixed``; image inputs only.
+        positive_class: binary tasks: the class (name or index) that precision, recall, F1 and
+            the ROC/PR curves score; ``null``: index 1. Printed with the results.
+        class_names: the class names; linked from the data module, not set in recipes.
+        compile: ``torch.compile`` the network: ``false``, ``true`` or ``{mode, fullgraph,
+            dynamic, backend}`` (see :mod:`trainkit.nn.compile`).
     """
 
     def __init__(
@@ -94,6 +100,9 @@ class Classifier(pl.LightningModule):
         prune: dict[str, Any] | None = None,
         auroc_thresholds: int | None = None,
         channels_last: bool = False,
+        positive_class: int | str | None = None,
+        class_names: list[str] | None = None,
+        compile: bool | dict[str, Any] = False,
     ):
         super().__init__()
         # hparams go into checkpoints; the W&B config gets the whole recipe from the CLI instead
@@ -110,18 +119,26 @@ class Classifier(pl.LightningModule):
             shape = tuple(input_shape)
             raise ConfigError(f"is for image inputs (C, H, W); this data has inputs of shape {shape}", "model.channels_last")
         self.channels_last = channels_last
+        self.compile_spec = check_compile(compile)
         self.schedule_spec, self.lr_scaling = schedule, lr_scaling
         self.net = build_net(arch, num_classes, input_shape, activation, arch_args, norm, dropout, init)
         # keyed "<stage>_": a ModuleDict key "train" would clash with nn.Module.train
-        self.metrics = nn.ModuleDict(
-            {f"{s}_": StageMetrics(num_classes, s, auroc_thresholds=auroc_thresholds) for s in STAGES}
-        )
+        self.positive_class = check_positive_class(positive_class, num_classes, class_names)
+        chunk = flush_chunk(auroc_thresholds)
+        self.metrics = nn.ModuleDict({
+            f"{s}_": StageMetrics(num_classes, s, chunk, auroc_thresholds, self.positive_class) for s in STAGES
+        })
         setup_extras(self)
+        self._step_log: tuple[int, torch.Tensor, float] | None = None
+        self.step_values: dict[str, float] = {}  # the last logged per-step values, on the host
 
     def setup(self, stage: str) -> None:
         self.net = setup_net(self.net, self.trainer, stage, self.hparams.init, self.hparams.sync_batchnorm)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        if getattr(self, "_compiled_id", None) != id(self.net):  # setup runs once per stage
+            self.net = compile_net(self.net, self.compile_spec)
+            self._compiled_id = id(self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:
@@ -144,14 +161,30 @@ class Classifier(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss = self.model_step(batch, "train")
-        # Per-step values, local to the rank (no cross-rank sync), handed to Lightning only on the
-        # steps its loggers write (every trainer.log_every_n_steps, counted as Lightning does): a
-        # self.log call costs ~0.6 ms, more than a whole small step.
+        # Per-step values only on the steps Lightning's loggers write (every
+        # trainer.log_every_n_steps, counted as Lightning does), and not through self.log: that
+        # reads each value on the host (and the progress bar re-reads prog_bar values on every
+        # later step), a device sync each on a GPU. They leave the device in on_train_batch_end.
         every = self.trainer.log_every_n_steps
         if every and (self.trainer.global_step + 1) % every == 0:
-            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+            # the lr of this step: the scheduler steps before on_train_batch_end
+            self._step_log = (self.trainer.global_step, loss.detach(), float(self.trainer.optimizers[0].param_groups[0]["lr"]))
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._step_log is None:  # most steps (an nn.Module attribute write costs ~2 us)
+            return
+        pending, self._step_log = self._step_log, None
+        trainer = self.trainer
+        # after the optimizer step (under gradient accumulation: the batch that stepped)
+        if pending is None or trainer.global_step == pending[0] or not trainer.is_global_zero:
+            return
+        step, loss, lr = pending
+        # everything logged leaves the device in one transfer; the lr is a Python float already
+        values = {"train/loss_step": loss.float().tolist(), "train/lr": lr}
+        self.step_values = {"train/loss_step": values["train/loss_step"]}  # shown by the progress bar
+        for logger in trainer.loggers:
+            logger.log_metrics({**values, "epoch": trainer.current_epoch}, step=step)
 
     def log_epoch_metrics(self, stage: str) -> None:
         """Hand the epoch's metrics to Lightning: computed and synced across ranks once, here

@@ -33,6 +33,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from trainkit.callbacks.best import best_checkpoint, user_checkpoints
 from trainkit.callbacks.checkpointing import LastCheckpoint
 from trainkit.callbacks.curves import FitCurves
+from trainkit.callbacks.group import CallbackGroup
 from trainkit.callbacks.early_stopping import EarlyStoppingConfig, SmoothedEarlyStopping
 from trainkit.callbacks.progress import EpochLine, OneLineSummary, ProgressBar
 from trainkit.callbacks.rng import RNGState
@@ -51,6 +52,9 @@ from trainkit.loggers import CSV_FILE, RunCSVLogger, finish_wandb, start_wandb, 
 from trainkit.metrics import METRIC_NAMES
 from trainkit.recipe import CheckpointConfig, check_recipe_files, explain_parse_error
 from trainkit.module import Classifier
+from trainkit import gpu_defaults
+from trainkit.gpu_defaults import GPUConfig
+from trainkit.nn.compile import check_toolchain
 from trainkit.optim.scaling import check_lr_scaling
 from trainkit.predict import output_path, resolve_input, write_predictions
 from trainkit.rundir import RUN_DIR_ENV, RunConfig, RunDir, atomic_write_text, resolve_run_dir, resume_candidates
@@ -108,8 +112,10 @@ class TrainkitCLI(LightningCLI):
         parser.add_class_arguments(CheckpointConfig, "checkpoint", instantiate=False)
         parser.add_argument("--early_stopping", type=Optional[EarlyStoppingConfig], default=None, help="early stopping (null: off)")
         parser.add_class_arguments(DiagnosticsConfig, "diagnostics", instantiate=False)
+        parser.add_class_arguments(GPUConfig, "gpu", instantiate=False)
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
+        parser.link_arguments("data.data", "model.class_names", compute_fn=class_names, apply_on="instantiate")
         parser.link_arguments("seed_everything", "data.seed", compute_fn=augment_seed)
         parser.add_argument("--ensemble", type=Optional[str], default=None,
                             help="test/validate: evaluate an ensemble of the run's checkpoints (snapshots)")
@@ -148,6 +154,7 @@ class TrainkitCLI(LightningCLI):
             self.ckpt_cfg.monitor, self.ckpt_cfg.mode = self.es_cfg.monitor, self.es_cfg.mode
             cfg.checkpoint.monitor, cfg.checkpoint.mode = self.es_cfg.monitor, self.es_cfg.mode
         self.diag_cfg = DiagnosticsConfig(**cfg.diagnostics.as_dict())
+        self.gpu_cfg = GPUConfig(**cfg.gpu.as_dict())
         recipes = cfg.get("config") or []
         self.recipe_path = str(recipes[0]) if recipes else None
         self.run_dir = resolve_run_dir(self.run_cfg, self.recipe_path, stage)
@@ -205,13 +212,17 @@ class TrainkitCLI(LightningCLI):
             callbacks.insert(0, self.best_checkpoint)
             user_checkpoints(callbacks, self.best_checkpoint, self.run_dir.checkpoints)
             callbacks += [
-                *diagnostics_callbacks(self.diag_cfg),
                 LastCheckpoint(self.run_dir.checkpoints / "last.ckpt", self.ckpt_cfg.every_n_steps),
-                WorldRecord(self.datamodule.batch_size, check_lr_scaling(self.model.lr_scaling)),
-                RNGState(),
-                FitCurves(),
-                Throughput(),
-                EpochLine(self.ckpt_cfg.monitor, self.best_checkpoint),
+                # one Lightning callback for trainkit's own: Lightning dispatches every hook of
+                # every callback on every step (trainkit.callbacks.group)
+                CallbackGroup([
+                    *diagnostics_callbacks(self.diag_cfg),
+                    WorldRecord(self.datamodule.batch_size, check_lr_scaling(self.model.lr_scaling)),
+                    RNGState(),
+                    FitCurves(),
+                    Throughput(),
+                    EpochLine(self.ckpt_cfg.monitor, self.best_checkpoint),
+                ]),
             ]
             if trainer_cfg.get("enable_model_summary") is not False:
                 callbacks.append(OneLineSummary())
@@ -221,6 +232,7 @@ class TrainkitCLI(LightningCLI):
         if SLURMEnvironment.detect() and not TorchElasticEnvironment.detect():
             # trainkit's LastCheckpoint checkpoints and requeues on SIGUSR1 instead of Lightning's handler
             kwargs["plugins"] = [*(trainer_cfg.get("plugins") or []), SLURMEnvironment(auto_requeue=False)]
+        self._gpu_defaults(trainer_cfg, kwargs)  # before the loggers: the W&B config records them
         if trainer_cfg.get("logger") is None:
             kwargs["logger"] = self._loggers()
         kwargs.setdefault("default_root_dir", str(self.run_dir.path))
@@ -229,6 +241,7 @@ class TrainkitCLI(LightningCLI):
         except (MisconfigurationException, ValueError) as e:
             # e.g. more GPUs than the machine has, an unknown accelerator or strategy
             raise ConfigError(str(e), "trainer") from None
+        check_toolchain(self.model.compile_spec, trainer.strategy.root_device)
         cores = os.cpu_count() or 1
         if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > cores:
             raise ConfigError(
@@ -237,6 +250,23 @@ class TrainkitCLI(LightningCLI):
                 "trainer.devices",
             )
         return trainer
+
+    def _gpu_defaults(self, trainer_cfg: dict[str, Any], kwargs: dict[str, Any]) -> None:
+        """TF32 matmuls and cuDNN autotuning where they help (trainkit.gpu_defaults), applied and
+        written into the recipe this run records, with the resolved ``data.drop_last``."""
+        precision, benchmark = gpu_defaults.resolve(
+            self.gpu_cfg, trainer_cfg.get("benchmark"), gpu_defaults.on_cuda(trainer_cfg.get("accelerator")),
+            images=len(self.model.hparams.input_shape) == 3, fixed_shapes=self.datamodule.batch_ramp is None,
+            deterministic=bool(trainer_cfg.get("deterministic")))
+        gpu_defaults.apply(precision)
+        kwargs["benchmark"] = benchmark
+        if self.datamodule.drop_last is None:  # data.drop_last: on when compiling (static shapes)
+            self.datamodule.drop_last = self.model.compile_spec is not None
+        recipe = yaml.safe_load(self.recipe_text)
+        recipe.setdefault("gpu", {})["matmul_precision"] = precision
+        recipe.setdefault("trainer", {})["benchmark"] = benchmark
+        recipe.setdefault("data", {})["drop_last"] = bool(self.datamodule.drop_last)  # resolved with model.compile
+        self.recipe_text = yaml.safe_dump(recipe, sort_keys=False)
 
     def _loggers(self) -> list[Any]:
         """The run's W&B run and (fit) its CSV history; predict logs nothing (it writes a CSV)."""
@@ -375,6 +405,9 @@ class TrainkitCLI(LightningCLI):
     def _finish(self, stage: str, metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
         metrics = {k: float(v) for k, v in metrics.items()}
         extra = extra or {}
+        if self.model.hparams.num_classes == 2:  # which class precision/recall/F1 score
+            i = self.model.positive_class
+            extra = {**extra, f"{stage}/positive_class": f"{self.datamodule.data.classes[i]} (index {i})"}
         _write_metrics(self.run_dir, {**metrics, **extra})
         self.result = StageResult(stage, metrics, self.run_dir.path, extra)
 
@@ -396,6 +429,11 @@ def ints_stay_ints(parser: LightningArgumentParser) -> None:
         args = set(getattr(typehint, "__args__", ()) or ())
         if action.dest.startswith("trainer.") and args - {type(None)} == {int, float}:
             action._typehint = int | float | None if type(None) in args else int | float
+
+
+def class_names(data: Any) -> list[str]:
+    """The class names of a data module's dataset (linked into ``model.class_names``)."""
+    return [str(c) for c in data.classes]
 
 
 @rank_zero_only

@@ -159,6 +159,7 @@ def fit_report(trainer: Any, best_checkpoint: str, num_classes: int) -> dict[str
 
     from trainkit.callbacks.curves import FitCurves
     from trainkit.callbacks.early_stopping import SmoothedEarlyStopping
+    from trainkit.callbacks.group import find
 
     es = next((c for c in trainer.callbacks if isinstance(c, SmoothedEarlyStopping)), None)
     # any other callback that stopped the run names why (a sweep's pruner: trainkit.sweep.trials)
@@ -178,7 +179,7 @@ def fit_report(trainer: Any, best_checkpoint: str, num_classes: int) -> dict[str
     unvalidated = no_validation(trainer)
     if unvalidated:
         out["fit/validation"] = unvalidated
-    curves = next((c for c in trainer.callbacks if isinstance(c, FitCurves)), None)
+    curves = find(trainer, FitCurves)  # inside trainkit's CallbackGroup
     if curves is not None and curves.val_loss:
         v = fit_verdict(curves.val_loss, curves.train_loss, num_classes, bool(out["fit/early_stopped"]))
         n = min(curves.subset_size, len(trainer.datamodule.indices["train"]))

@@ -10,10 +10,18 @@ from ``start_epoch`` on (Izmailov et al. 2018); the batch-norm statistics of the
 weights are recomputed with a pass over the training data (``torch.optim.swa_utils.update_bn``)
 before they are evaluated or saved. Pair it with a constant or cyclic lr (``model.schedule``).
 
-Both use ``torch.optim.swa_utils.AveragedModel``. While averaging, validation runs on the
-averaged weights, and every checkpoint stores them as the model's weights (so ``fit``'s
-report, ``best.ckpt`` and ``trainkit test`` use them); the raw training weights travel in the
-checkpoint too, so a resume continues training from them.
+The averaged copy is a ``torch.optim.swa_utils.AveragedModel`` (its state_dict layout), kept
+on the training device (made in ``setup``, moved in ``on_fit_start`` once Lightning has moved
+the model) and updated with foreach ops and a Python step counter: an update reads nothing on
+the host (``AveragedModel.update_parameters`` reads its ``n_averaged`` tensor twice per call).
+
+While averaging, validation runs on the averaged weights, and every checkpoint stores them as
+the model's weights; the raw training weights travel in the checkpoint too, so a resume
+continues training from them. ``best.ckpt`` is ranked among the averaged epochs only: at the
+first validation of the averaged weights (SWA's ``start_epoch``; EMA's first epoch) the
+ranking of earlier, raw-weight epochs is dropped, so ``fit``'s report, ``best.ckpt`` and
+``trainkit test`` are the averaged model (a fit that ends before SWA starts has none, and
+says so).
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 from typing_extensions import override
@@ -71,33 +80,71 @@ class WeightAveraging(Callback):
             raise ValueError(f"kind must be ema or swa, got {kind!r}")
         self.kind, self.decay, self.warmup, self.start_epoch = kind, float(decay), bool(warmup), int(start_epoch)
         self.averaged: AveragedModel | None = None
+        self.n = 0  # updates so far, on the host (the copy's n_averaged buffer follows it)
         self._raw: dict[str, Tensor] | None = None  # training weights while averaged ones are swapped in
         self._bn_fresh = False
         self._step = -1
-
-    def _ema_fn(self, averaged: list[Tensor], current: list[Tensor], n: Tensor) -> None:
-        d = ema_decay(self.decay, self.warmup, int(n))
-        for e, w in zip(averaged, current):
-            if e.is_floating_point():
-                e.lerp_(w, 1.0 - d)  # e = d e + (1 - d) w
-            else:
-                e.copy_(w)  # counters (num_batches_tracked)
+        self._pairs: tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]] | None = None
+        self._ranked = False  # best.ckpt ranked among averaged epochs since this fit started
 
     @property
     def active(self) -> bool:
-        return self.averaged is not None and int(self.averaged.n_averaged) > 0
+        return self.averaged is not None and self.n > 0
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.averaged is None:
-            ema = self.kind == "ema"
-            self.averaged = AveragedModel(pl_module.net, multi_avg_fn=self._ema_fn if ema else None, use_buffers=ema)
+            # before the model is on its device (Lightning moves it after setup): on_fit_start moves
+            # the copy; made here so that a resumed fit can load its state before that
+            self.averaged = AveragedModel(pl_module.net, use_buffers=self.kind == "ema")
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.averaged is not None:
+            self.averaged.to(pl_module.device)
+            self._pairs = None
+        if self.kind == "swa" and trainer.max_epochs is not None and 0 <= trainer.max_epochs <= self.start_epoch:
+            rank_zero_warn(f"model.swa.start_epoch is {self.start_epoch} but the fit has {trainer.max_epochs} epochs: "
+                           "nothing is averaged, best.ckpt and the report are the raw weights")
+
+    def _tensors(self, net: nn.Module) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """(averaged floats, current floats, averaged others, current others), cached per fit."""
+        if self._pairs is None:
+            assert self.averaged is not None
+            mine, theirs = list(self.averaged.module.parameters()), list(net.parameters())
+            if self.kind == "ema":  # EMA averages the buffers (batch-norm statistics) too
+                mine, theirs = mine + list(self.averaged.module.buffers()), theirs + list(net.buffers())
+            floats = [(a, b) for a, b in zip(mine, theirs) if a.is_floating_point()]
+            others = [(a, b) for a, b in zip(mine, theirs) if not a.is_floating_point()]
+            self._pairs = ([a.detach() for a, _ in floats], [b.detach() for _, b in floats],
+                           [a.detach() for a, _ in others], [b.detach() for _, b in others])
+        return self._pairs
 
     def update(self, net: nn.Module) -> None:
-        """One averaging step with the current weights of ``net``."""
+        """One averaging step with the current weights of ``net`` (foreach ops, no host read)."""
         assert self.averaged is not None, "setup(stage='fit') creates the average"
-        self.averaged.update_parameters(net)
+        avg_f, cur_f, avg_o, cur_o = self._tensors(net)
+        with torch.no_grad():
+            if self.n == 0:
+                torch._foreach_copy_(avg_f, cur_f)
+            elif self.kind == "ema":
+                d = ema_decay(self.decay, self.warmup, self.n)
+                torch._foreach_lerp_(avg_f, cur_f, 1.0 - d)  # e = d e + (1 - d) w
+            else:
+                torch._foreach_lerp_(avg_f, cur_f, 1.0 / (self.n + 1))  # the running mean
+            if avg_o:
+                torch._foreach_copy_(avg_o, cur_o)  # counters (num_batches_tracked)
+            if self.kind == "swa":
+                # SWA's buffers are recomputed by update_bn; until then they follow the model's
+                for b_avg, b in zip(self.averaged.module.buffers(), net.buffers()):
+                    b_avg.detach().copy_(b.detach())
+            self.n += 1
+            self.averaged.n_averaged.fill_(self.n)  # a device write from a Python int: no read
         self._bn_fresh = False
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._pairs = None  # pruning may have re-parametrized the net since
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -143,6 +190,22 @@ class WeightAveraging(Callback):
         if self._raw is not None:
             pl_module.net.load_state_dict(self._raw)
             self._raw = None
+            if not self._ranked:
+                self._rank_averaged_only(trainer)
+
+    def _rank_averaged_only(self, trainer: pl.Trainer) -> None:
+        """Drop the ranking of the raw-weight epochs before this first averaged validation.
+
+        Runs before the ModelCheckpoints rank it (Lightning calls Checkpoint callbacks last):
+        their best score becomes the worst possible, so this epoch replaces best.ckpt in place
+        (through ModelCheckpoint's public ranking attributes; it has no "restart" call).
+        """
+        self._ranked = True
+        for ckpt in trainer.checkpoint_callbacks:
+            if isinstance(ckpt, ModelCheckpoint) and ckpt.monitor and ckpt.best_k_models:
+                worst = torch.tensor(float("inf") if ckpt.mode == "min" else float("-inf"))
+                ckpt.best_k_models = {path: worst for path in ckpt.best_k_models}
+                ckpt.kth_value = ckpt.best_model_score = worst
 
     @override
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -162,11 +225,14 @@ class WeightAveraging(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"averaged": self.averaged.state_dict()} if self.averaged is not None else {}
+        return {"averaged": self.averaged.state_dict(), "ranked": self._ranked} if self.averaged is not None else {}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self.averaged is not None and "averaged" in state_dict:
             self.averaged.load_state_dict(state_dict["averaged"])
+            self.n = int(self.averaged.n_averaged)  # once, at restore
             self._bn_fresh = False
+            # a resumed fit whose checkpoint already ranked averaged epochs keeps that ranking
+            self._ranked = self.n > 0 and state_dict.get("ranked", True)
 

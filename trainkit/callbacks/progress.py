@@ -1,5 +1,11 @@
 """The console side of a run: a progress bar without Lightning's version number, one line of
 key metrics per epoch, and the model summary in one line (its table in the run's log file).
+
+The bar shows the step loss read at logging steps only. Lightning's bar shows values logged
+with ``prog_bar=True`` and reads them on the host at every refresh (every step), a device sync
+each on a GPU. The module logs its step values itself on the logging steps (one transfer,
+:meth:`trainkit.module.Classifier.on_train_batch_end`) and keeps them as Python floats in
+``step_values``; the bar shows those.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ class ProgressBar(TQDMProgressBar):
     """Lightning's bar without ``v_num`` (the logger's version: a W&B id fragment here, noise),
     and no bar for the sanity check nor, with ``validation_bar=False`` (``trainkit fit``), for
     validation: in a log file each leaves a trail of lines, and the epoch line and the result
-    table report the validation.
+    table report the validation. Beside Lightning's values it shows the module's
+    ``step_values`` (host floats of the last log step).
     """
 
     def __init__(self, validation_bar: bool = True):
@@ -33,6 +40,8 @@ class ProgressBar(TQDMProgressBar):
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)  # as Lightning's own docstring of get_metrics shows
+        if trainer.training:
+            items.update(getattr(pl_module, "step_values", {}))
         return items
 
     @override

@@ -54,6 +54,8 @@ class Throughput(Callback):
 
 def throughput_record(trainer: pl.Trainer) -> dict[str, float]:
     """``{perf/train_samples_per_s: value}`` of the trainer's :class:`Throughput`, if it measured one."""
-    meter = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None)
+    from trainkit.callbacks.group import find
+
+    meter = find(trainer, Throughput)
     value = meter.samples_per_s() if meter is not None else None
     return {KEY: float(value)} if value else {}

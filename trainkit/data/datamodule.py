@@ -37,6 +37,13 @@ from trainkit.registry import check_kwargs
 __all__ = ["SPLITS", "DataModule", "kfold_split", "standardization_stats", "stratified_split"]
 
 
+class _DropLastMemoryLoader(MemoryLoader):
+    """``data.drop_last`` on the memory path: its batches are the first ``len(self)``."""
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+
 class DataModule(pl.LightningDataModule):
     """Splits, standardization and loaders for a source.
 
@@ -79,6 +86,8 @@ class DataModule(pl.LightningDataModule):
         loader: ``dataloader`` (per-sample loading, any augmentation) or ``memory`` (the fast
             path for data that fit in memory: splits kept as tensors on the training device,
             batches sliced in the same order, batched flip and pad-crop; trainkit.data.memory).
+        drop_last: drop each epoch's last, short training batch (static shapes for
+            ``model.compile``); ``null``: on when compiling, off otherwise.
     """
 
     def __init__(
@@ -107,9 +116,11 @@ class DataModule(pl.LightningDataModule):
         stats_sample: int | None = 1000,
         mean: list[float] | str | None = None,
         std: list[float] | None = None,
+        drop_last: bool | None = None,
     ):
         super().__init__()
         self.loader = check_loader(loader)
+        self.drop_last = drop_last  # None until the runner resolves it (on when compiling)
         self._load = source_loader(dataset, dataset_args, root, download)
         if folds is not None and (folds < 2 or not 0 <= fold < folds):
             raise ConfigError(f"need folds >= 2 and 0 <= fold < folds, got folds={folds}, fold={fold}", "data.folds")
@@ -366,7 +377,8 @@ class DataModule(pl.LightningDataModule):
             return CheckedLoader(self.splits[split], generator=torch.Generator().manual_seed(self.seed), **kwargs)
         # datasets that draw per sample get (epoch, index) keys: workers need no epoch state
         keyed = not isinstance(self.splits[split], TensorDataset)
-        return ResumableLoader(self.splits[split], sampler=self._sampler(split, keyed), progress=self._batches_processed, **kwargs)
+        return ResumableLoader(self.splits[split], sampler=self._sampler(split, keyed), progress=self._batches_processed,
+                               drop_last=bool(self.drop_last), **kwargs)
 
     def _sampler(self, split: str, keyed: bool = False) -> EpochSampler:
         # Seeded as Lightning's own injected sampler; Lightning calls set_epoch every epoch.
@@ -387,7 +399,8 @@ class DataModule(pl.LightningDataModule):
         x, y = self._on_device[key]
         if not shuffle:
             return MemoryLoader(x, y, batch_size)
-        return MemoryLoader(x, y, batch_size, self._sampler(split), self._batches_processed, self.memory_augment, self.seed)
+        cls = _DropLastMemoryLoader if self.drop_last else MemoryLoader
+        return cls(x, y, batch_size, self._sampler(split), self._batches_processed, self.memory_augment, self.seed)
 
     def train_batches(self, world_size: int) -> int:
         """Training batches per epoch on each of ``world_size`` ranks (the sampler pads the split
@@ -397,7 +410,7 @@ class DataModule(pl.LightningDataModule):
 
             return streaming_train_batches(self, world_size)
         per_rank = -(-len(self.splits["train"]) // world_size)
-        return -(-per_rank // self.batch_size)
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
     def _batches_processed(self) -> int:
         """Training batches the trainer has processed in its current epoch (resume position)."""

@@ -33,6 +33,9 @@ class CPUSyncBatchNorm(_BatchNorm):
         if not (self.training and _distributed()):
             return super().forward(x)
         self._check_input_dim(x)
+        dtype = x.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            x = x.float()  # statistics in float32 under bf16/fp16 autocast, as batch norm's kernels
         dims = [0, *range(2, x.dim())]
         shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
         count = all_reduce(x.new_full((1,), x.numel() / x.shape[1]))
@@ -41,19 +44,20 @@ class CPUSyncBatchNorm(_BatchNorm):
         centred = x - mean.view(shape)
         var = all_reduce(centred.pow(2).sum(dims)) / count
         if self.track_running_stats:
-            self._update_running_stats(mean.detach(), var.detach(), float(count))
+            self._update_running_stats(mean.detach(), var.detach(), count)
         y = centred * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        return y.to(dtype)
 
     @torch.no_grad()
-    def _update_running_stats(self, mean: Tensor, var: Tensor, n: float) -> None:
+    def _update_running_stats(self, mean: Tensor, var: Tensor, n: Tensor) -> None:
+        # tensor arithmetic throughout: no value is read on the host in the step
         self.num_batches_tracked.add_(1)
-        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        unbiased = var * (n / max(n - 1.0, 1.0))  # running_var is unbiased, as in F.batch_norm
-        self.running_mean.lerp_(mean, momentum)
-        self.running_var.lerp_(unbiased, momentum)
+        momentum = 1.0 / self.num_batches_tracked.float() if self.momentum is None else self.momentum
+        unbiased = var * (n / (n - 1.0).clamp_min(1.0))  # running_var is unbiased, as in F.batch_norm
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+        self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
 
 
 def convert_cpu_sync_batchnorm(module: nn.Module) -> nn.Module:
