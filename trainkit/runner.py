@@ -46,6 +46,7 @@ from trainkit.module import Classifier
 from trainkit.optim.scaling import check_lr_scaling
 from trainkit.predict import output_path, resolve_input, write_predictions
 from trainkit.rundir import RUN_DIR_ENV, RunConfig, RunDir, atomic_write_text, resolve_run_dir, resume_candidates, wandb_mode
+from trainkit.runlock import RunLock, launcher_rank
 from trainkit.secrets import find_secret, redact
 from trainkit.verdict import fit_report
 
@@ -65,10 +66,16 @@ class TrainkitCLI(LightningCLI):
     def __init__(self, args: list[str], run_stage: bool = True):
         self.result: StageResult | None = None
         self.run_stage = run_stage  # False: parse, check and build everything, run nothing
-        with warnings.catch_warnings():
-            # argv is given explicitly on purpose (the CLI passes sys.argv[1:], tests their own)
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            self._start(args)
+        self.lock: RunLock | None = None
+        try:
+            with warnings.catch_warnings():
+                # argv is given explicitly on purpose (the CLI passes sys.argv[1:], tests their own)
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+                self._start(args)
+        finally:
+            if self.lock is not None:
+                finish_wandb()  # W&B writes into the run dir until it finishes
+                self.lock.release()
 
     def _start(self, args: list[str]) -> None:
         super().__init__(
@@ -222,6 +229,9 @@ class TrainkitCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         if not self.run_stage:
             return
+        if launcher_rank() == 0:
+            # before anything is written to the run dir; the job's other ranks never take it
+            self.lock = RunLock(self.run_dir.path).acquire()
         cfg = self.config_init[subcommand]
         if cfg.get("weights_only") is None:
             # checkpoints hold tensors and plain data only: never unpickle arbitrary objects
