@@ -8,6 +8,7 @@ Exit codes: 0 success, 2 bad input (one message naming the culprit), 1 anything 
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 from typing import Sequence
@@ -16,6 +17,7 @@ from trainkit.commands import COMMANDS
 from trainkit.commands.common import REGISTRIES, format_table
 
 STAGES = ("fit", "validate", "test", "predict")
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 HELP = """\
 usage: trainkit <command> [options]
@@ -103,6 +105,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     except KeyboardInterrupt:
         return 130
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        # not bad input and not a bug: one line, and the run dir keeps its last complete checkpoint
+        where = repr(e.filename) if e.filename else "the run's files"
+        print(f"trainkit: error: writing {where} failed: {e.strerror} (the disk is full or a file-size limit "
+              "is set: ulimit -f); checkpoints are written whole or not at all, so the last complete one "
+              "is kept and the run resumes from it", file=sys.stderr)
+        return 1
 
 
 def console() -> None:

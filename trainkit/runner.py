@@ -28,6 +28,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasti
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from trainkit.arguments import check_types
 from trainkit.callbacks.checkpointing import LastCheckpoint
 from trainkit.callbacks.curves import FitCurves
 from trainkit.callbacks.early_stopping import EarlyStoppingConfig, SmoothedEarlyStopping
@@ -143,7 +144,13 @@ class TrainkitCLI(LightningCLI):
         if stage != "fit":
             # best/last resolve in the run dir; LightningCLI then reads the checkpoint's hparams
             cfg.ckpt_path = str(self.run_dir.checkpoint(cfg.ckpt_path or "best"))
+        if cfg.get("ckpt_path"):
             load_checkpoint(cfg.ckpt_path, "ckpt_path")  # refused or corrupt: exit 2 before anything runs
+        check_seed(cfg.get("seed_everything"))
+        # jsonargparse lets a recipe's `key: null` through for any type: null only where allowed
+        for group, cls in (("model", Classifier), ("data", DataModule), ("trainer", Trainer)):
+            values = cfg[group].as_dict() if hasattr(cfg.get(group), "as_dict") else {}
+            check_types(cls, {k: v for k, v in values.items() if v is None}, group)
         self.recipe_text = self._parser(stage).dump(cfg, skip_none=False)
         recipe = yaml.safe_load(self.recipe_text)
         if redact(recipe) != recipe:
@@ -344,6 +351,19 @@ def run(argv: list[str]) -> StageResult:
         return cli.result
     finally:
         finish_wandb()
+
+
+def check_seed(seed: Any) -> None:
+    """``seed_everything``: true (a random seed), false/null (unseeded) or an integer NumPy accepts.
+
+    Raises:
+        ConfigError: another value (Lightning's seed_everything would raise inside the run).
+    """
+    if isinstance(seed, bool) or seed is None:
+        return
+    if not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
+        raise ConfigError(f"must be an integer in [0, {2**32 - 1}], true (a random seed) or false, got {seed!r}",
+                          "seed_everything")
 
 
 def finish_wandb() -> None:

@@ -20,6 +20,7 @@ from trainkit.data.datasets import DATASETS, ArrayData
 from trainkit.data.loader import EpochSampler, ResumableLoader
 from trainkit.data.memory import MemoryLoader, batch_augment, check_loader, device_tensors
 from trainkit.data.mixing import BatchMixer
+from trainkit.arguments import check_types
 from trainkit.errors import ConfigError
 from trainkit.optim.ramp import check_batch_ramp, ramped_batch_size
 from trainkit.registry import check_kwargs
@@ -104,6 +105,19 @@ def check_labels(data: ArrayData, name: str) -> None:
             )
 
 
+def check_inputs(data: ArrayData, name: str, key: str) -> None:
+    """At least two classes with samples, and finite inputs (where they are in memory)."""
+    present = np.unique(data.y) if len(data.y) else np.array([], dtype=np.int64)
+    if len(data.classes) < 2 or len(present) < 2:
+        found = ", ".join(repr(data.classes[int(c)]) for c in present[:3]) or "none"
+        raise ConfigError(f"{name}: a classifier needs at least 2 classes with samples, found {len(present)} ({found})", key)
+    for part, label in ((data, "input"), (data.test, "test input")):
+        x = getattr(part, "x", None)
+        if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            row = int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0][0])
+            raise ConfigError(f"{name}: {label} {row} holds NaN or infinite values (inputs must be finite)", key)
+
+
 class DataModule(pl.LightningDataModule):
     """Splits, standardization and loaders for a dataset from the registry.
 
@@ -176,6 +190,7 @@ class DataModule(pl.LightningDataModule):
         load_args = dict(dataset_args or {})
         try:
             check_kwargs(loader, load_args, f"dataset {dataset!r}", skip=("root", "download"))
+            check_types(loader, load_args, "data.dataset_args")
         except ConfigError as e:
             raise e.with_key("data.dataset_args") from None
         for key, value in (("root", root), ("download", download)):
@@ -227,8 +242,10 @@ class DataModule(pl.LightningDataModule):
 
     @cached_property
     def data(self) -> ArrayData:
-        """The whole dataset, loaded once."""
-        return self._load()
+        """The whole dataset, loaded once (and checked: the model is sized by its classes)."""
+        data = self._load()
+        check_inputs(data, self.dataset_name, "data.root" if self.dataset_name == "image_folder" else "data.dataset")
+        return data
 
     @property
     def num_classes(self) -> int:
