@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import DEFAULT_RECIPE, QUIET, trainkit, tree_digest
 
@@ -87,4 +88,59 @@ def test_more_cpu_processes_than_cores_is_bad_input(capsys):
                  f"--trainer.devices={cores + 1}", *FAST]) == 2
     err = capsys.readouterr().err
     assert "trainer.devices" in err and f"this machine has {cores} cores" in err
+    assert not Path("runs").exists()
+
+
+# ten lines, nine levels of aliases: 9 ** 9 (387 million) strings once expanded
+BILLION_LAUGHS = """\
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+{key}: *i
+"""
+
+
+def test_a_billion_laughs_recipe_exits_2_in_bounded_memory_and_time():
+    import resource
+    import subprocess
+    import sys
+
+    Path("bomb.yaml").write_text(BILLION_LAUGHS.format(key="model"))
+    # 3 GiB of address space (trainkit with torch needs ~2) and a minute: the bomb once took 15 GB and 300 s
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # noqa: E731
+    exe = str(Path(sys.executable).with_name("trainkit"))
+    out = subprocess.run([exe, "fit", "--config", "bomb.yaml"], capture_output=True, text=True, timeout=60,
+                         preexec_fn=limit)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "'bomb.yaml' is refused: aliases expand it" in out.stderr and "Traceback" not in out.stderr
+    assert not Path("runs").exists()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["group-file", "value", "space", "loader"])
+def test_alias_bombs_are_refused_wherever_trainkit_reads_yaml(where, capsys):
+    from trainkit.errors import ConfigError
+    from trainkit.safe_yaml import load_yaml
+
+    if where == "loader":  # the loader of run config.yaml files, spaces, lr-find's recipe copy
+        with pytest.raises(ConfigError, match="aliases expand it"):
+            load_yaml(BILLION_LAUGHS.format(key="x"), "config.yaml")
+        assert load_yaml("a: &x {b: 1.0e-3}\nc: *x\n", "small") == {"a": {"b": 0.001}, "c": {"b": 0.001}}
+        return
+    Path("bomb.yaml").write_text(BILLION_LAUGHS.format(key="max_epochs"))
+    inline = "{" + ", ".join(BILLION_LAUGHS.format(key="z").splitlines()) + "}"
+    argv = {
+        "group-file": ["fit", "--config", str(DEFAULT_RECIPE), "--trainer=bomb.yaml"],  # loaded by jsonargparse
+        "value": ["fit", "--config", str(DEFAULT_RECIPE), f"--model.arch_args={inline}"],
+        "space": ["sweep", "--config", str(DEFAULT_RECIPE), "--space", "bomb.yaml", "--trials", "1"],
+    }[where]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "aliases expand it" in err and "Traceback" not in err
     assert not Path("runs").exists()

@@ -56,6 +56,9 @@ Every run lives in <run.root>/<run.experiment>/<run.name>/. See README.md for re
 
 
 def run_stage(argv: Sequence[str]) -> int:
+    from trainkit.safe_yaml import check_recipe_files
+
+    check_recipe_files(list(argv))  # unreadable recipes and alias bombs: exit 2 before torch loads
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from trainkit.runner import run

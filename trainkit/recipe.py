@@ -9,10 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from trainkit.errors import ConfigError
 from trainkit.metrics import METRIC_NAMES, STAGES
@@ -41,27 +38,6 @@ class CheckpointConfig:
             raise ConfigError(f"must be min or max, got {self.mode!r}", "checkpoint.mode")
         if self.every_n_steps is not None and self.every_n_steps < 1:
             raise ConfigError(f"must be >= 1 or null, got {self.every_n_steps}", "checkpoint.every_n_steps")
-
-
-def check_recipe_files(args: list[str]) -> None:
-    """Name the file when a recipe given by ``--config`` is not readable YAML (jsonargparse does not)."""
-    for i, arg in enumerate(args):
-        if arg in ("-c", "--config") and i + 1 < len(args):
-            path = args[i + 1]
-        elif arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-        else:
-            continue
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read recipe {path!r}: {e.strerror}", "--config") from None
-        try:
-            recipe = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"recipe {path!r} is not valid YAML: {e}", "--config") from None
-        if not isinstance(recipe, dict):
-            raise ConfigError(f"recipe {path!r} must be a mapping of keys, got {type(recipe).__name__}", "--config")
 
 
 def explain_parse_error(message: str, parser: Any) -> str:

@@ -28,6 +28,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasti
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from trainkit import safe_yaml
 from trainkit.arguments import check_types
 from trainkit.callbacks.checkpointing import LastCheckpoint
 from trainkit.callbacks.curves import FitCurves
@@ -42,7 +43,7 @@ from trainkit.data.preview import augment_seed, pipelines_config, save_pipelines
 from trainkit.ensemble import check_ensemble, run_ensemble
 from trainkit.errors import ConfigError
 from trainkit.evaluation import evaluation_plots
-from trainkit.recipe import CheckpointConfig, check_recipe_files, explain_parse_error
+from trainkit.recipe import CheckpointConfig, explain_parse_error
 from trainkit.module import Classifier
 from trainkit.optim.scaling import check_lr_scaling
 from trainkit.predict import output_path, resolve_input, write_predictions
@@ -87,11 +88,13 @@ class TrainkitCLI(LightningCLI):
             args=args,
             auto_configure_optimizers=False,  # optimizers come from model.optimizer by name
             # no abbreviations: --trainer.max_epoch must not silently mean max_epochs
+            # recipes and values load with trainkit's safe loader (aliases on a budget: trainkit.safe_yaml)
             parser_kwargs={
                 "default_env": False,
                 "exit_on_error": False,
                 "allow_abbrev": False,
-                **{stage: {"allow_abbrev": False} for stage in self.subcommands()},
+                "parser_mode": safe_yaml.register(),
+                **{stage: {"allow_abbrev": False, "parser_mode": safe_yaml.MODE} for stage in self.subcommands()},
             },
         )
 
@@ -117,7 +120,7 @@ class TrainkitCLI(LightningCLI):
 
     # -- parsing: resolve the run dir and checkpoint before anything is built ---------------
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        check_recipe_files(args)
+        safe_yaml.check_recipe_files(args)
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as e:
@@ -152,7 +155,7 @@ class TrainkitCLI(LightningCLI):
             values = cfg[group].as_dict() if hasattr(cfg.get(group), "as_dict") else {}
             check_types(cls, {k: v for k, v in values.items() if v is None}, group)
         self.recipe_text = self._parser(stage).dump(cfg, skip_none=False)
-        recipe = yaml.safe_load(self.recipe_text)
+        recipe = safe_yaml.load_yaml(self.recipe_text, "the resolved recipe")
         if redact(recipe) != recipe:
             # config.yaml and the W&B config never hold credentials (see trainkit.secrets)
             self.recipe_text = yaml.safe_dump(redact(recipe), sort_keys=False)
@@ -210,7 +213,7 @@ class TrainkitCLI(LightningCLI):
     def _loggers(self) -> list[Any]:
         import wandb as wandb_lib
 
-        recipe = yaml.safe_load(self.recipe_text)
+        recipe = safe_yaml.load_yaml(self.recipe_text, "the resolved recipe")
         # a `trainkit sweep` trial (run dir <experiment>/sweep-<study>/trial-N): the experiment's
         # project, grouped under the sweep's name
         group = os.environ.get("TRAINKIT_SWEEP") or None
