@@ -49,7 +49,7 @@ from trainkit.optim.scaling import check_lr_scaling
 from trainkit.predict import output_path, resolve_input, write_predictions
 from trainkit.rundir import RUN_DIR_ENV, RunConfig, RunDir, atomic_write_text, resolve_run_dir, resume_candidates, wandb_mode
 from trainkit.runlock import RunLock, launcher_rank
-from trainkit.secrets import find_secret, redact
+from trainkit.secrets import argv_has_secret, redact
 from trainkit.verdict import fit_report
 
 @dataclass
@@ -229,7 +229,7 @@ class TrainkitCLI(LightningCLI):
             config={**recipe, "augment_pipelines": pipelines_config(self.datamodule)},
             job_type=self.subcommand,
             # W&B's metadata records the command line: leave it out when it carries a secret
-            settings=wandb_lib.Settings(x_disable_meta=find_secret(" ".join(sys.argv)) is not None),
+            settings=wandb_lib.Settings(x_disable_meta=argv_has_secret(sys.argv)),
         )
         # CSV in a new version folder per invocation: Lightning's CSV logger deletes an
         # existing metrics.csv in the folder it writes to.
