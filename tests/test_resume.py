@@ -139,3 +139,28 @@ def _environ(pid: int) -> dict[str, str]:
     except OSError:
         return {}
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def test_a_moved_run_dir_resumes_into_its_own_best_checkpoint_and_test_agrees(isolated, capsys):
+    import json
+    import shutil
+
+    from trainkit.cli import main
+
+    quick = ["--config", str(DEFAULT_RECIPE), "--run.name=m", "--trainer.logger=false", "--data.num_workers=0",
+             "--trainer.limit_train_batches=4", *QUIET]
+    assert main(["fit", *quick, "--trainer.max_epochs=2"]) == 0
+    shutil.move("runs", "moved")  # the original place is gone: nothing may point there
+    assert main(["fit", *quick, "--run.root=moved", "--trainer.max_epochs=4"]) == 0
+    run = Path("moved/digits_mlp/m")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt", "previous.ckpt"]
+    assert json.loads((run / "metrics.json").read_text())["fit/best_checkpoint"] == "best.ckpt"
+    for ckpt in (run / "checkpoints").iterdir():
+        state = load(ckpt)
+        best = next(v for k, v in state["callbacks"].items() if k.startswith("ModelCheckpoint"))
+        assert best["dirpath"] == "." and best["best_model_path"] == "best.ckpt", best
+        assert str(isolated) not in repr(state), f"an absolute path inside {ckpt.name}"
+    capsys.readouterr()
+    assert main(["test", "--config", str(DEFAULT_RECIPE), "--run.root=moved", "--run.name=m", "--data.num_workers=0",
+                 "--trainer.logger=false", *QUIET]) == 0
+    assert f"test/checkpoint: {run / 'checkpoints' / 'best.ckpt'}" in capsys.readouterr().out

@@ -20,7 +20,6 @@ import torch
 import yaml
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -30,7 +29,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from trainkit import safe_yaml
 from trainkit.arguments import check_types
-from trainkit.callbacks.checkpointing import LastCheckpoint
+from trainkit.callbacks.checkpointing import BestCheckpoint, LastCheckpoint
 from trainkit.callbacks.curves import FitCurves
 from trainkit.callbacks.early_stopping import EarlyStoppingConfig, SmoothedEarlyStopping
 from trainkit.callbacks.rng import RNGState
@@ -169,7 +168,7 @@ class TrainkitCLI(LightningCLI):
         callbacks = list(trainer_cfg.get("callbacks") or [])
         if self.subcommand == "fit":
             callbacks.append(
-                ModelCheckpoint(
+                BestCheckpoint(  # paths relative to the run dir: it may be moved or copied
                     dirpath=self.run_dir.checkpoints,
                     filename="best",
                     monitor=self.ckpt_cfg.monitor,

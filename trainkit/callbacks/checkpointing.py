@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from typing_extensions import override
 
 log = logging.getLogger(__name__)
@@ -166,3 +166,52 @@ class LastCheckpoint(Checkpoint):
         self._any_rank.stop()
         if self._previous_handler is not None:
             signal.signal(self.signum, self._previous_handler)
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose state names its files relative to its directory.
+
+    ``ModelCheckpoint`` stores ``dirpath`` and ``best_model_path`` as absolute paths, and on
+    resume restores its scores only if ``dirpath`` is unchanged: a run dir that was copied or
+    moved then resumed into ``best-v1.ckpt`` while ``trainkit test`` still read ``best.ckpt``.
+    Here every path in the state is relative to ``dirpath`` (``"."``), and a state with absolute
+    paths (older checkpoints, a moved dir) is rebased onto the current directory, so a run dir
+    works wherever it lies.
+    """
+
+    @property
+    @override
+    def state_key(self) -> str:
+        # the key Lightning gives ModelCheckpoint: states saved before this class existed still load
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        base = Path(self.dirpath) if self.dirpath else None
+
+        def rel(p: Any) -> Any:
+            return os.path.relpath(p, base) if base is not None and p and Path(p).is_absolute() else p
+
+        return {**state, "dirpath": ".", "best_model_path": rel(state["best_model_path"]),
+                "kth_best_model_path": rel(state["kth_best_model_path"]), "last_model_path": rel(state["last_model_path"]),
+                "best_k_models": {rel(k): v for k, v in state["best_k_models"].items()}}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.dirpath:
+            saved = state_dict.get("dirpath") or "."
+
+            def here(p: Any) -> Any:
+                if not p:
+                    return p
+                if not Path(p).is_absolute():
+                    return str(Path(self.dirpath) / p)
+                # an absolute path under the saved dirpath (a moved dir): the same file here
+                return str(Path(self.dirpath) / os.path.relpath(p, saved)) if saved != "." and Path(p).is_relative_to(saved) else p
+
+            state_dict = {**state_dict, "dirpath": self.dirpath, "best_model_path": here(state_dict.get("best_model_path")),
+                          "kth_best_model_path": here(state_dict.get("kth_best_model_path")),
+                          "last_model_path": here(state_dict.get("last_model_path")),
+                          "best_k_models": {here(k): v for k, v in state_dict.get("best_k_models", {}).items()}}
+        super().load_state_dict(state_dict)
