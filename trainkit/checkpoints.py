@@ -94,3 +94,17 @@ def check_compatible(ckpt: dict[str, Any], model: torch.nn.Module, path: str | P
         raise ConfigError(
             f"checkpoint {str(path)!r} was trained with another model than this recipe builds ({'; '.join(parts)})", key
         )
+
+
+def resume_point(ckpt: dict[str, Any]) -> str:
+    """Where training continues from ``ckpt``, in words (epochs counted from 0, as Lightning does).
+
+    >>> loops = {"fit_loop": {"epoch_loop.batch_progress": {"current": {"processed": 7}, "is_last_batch": False}}}
+    >>> resume_point({"epoch": 2, "global_step": 47, "loops": loops})
+    'epoch 2 after 7 of its batches (global step 47)'
+    """
+    progress = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+    epoch, step = int(ckpt.get("epoch", 0)), int(ckpt.get("global_step", 0))
+    if progress.get("is_last_batch", True):
+        return f"the start of epoch {epoch + 1} (global step {step}; epoch {epoch} is done)"
+    return f"epoch {epoch} after {int(progress.get('current', {}).get('processed', 0))} of its batches (global step {step})"

@@ -76,6 +76,10 @@ def run_stage(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``trainkit`` and ``python -m trainkit``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from trainkit.preemption import PREEMPTION
+
+    # first of all: a SIGUSR1 from SLURM during start-up must not kill the task (exit 138)
+    PREEMPTION.install()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(HELP.format(kinds=", ".join(REGISTRIES)))
         return 0 if argv else 2

@@ -138,6 +138,20 @@ def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], what: str, skip
             raise ConfigError(f"{what} has no argument {key!r}{hint} (valid: {', '.join(valid)})")
 
 
+def import_from_cwd() -> str:
+    """Put the current directory first on ``sys.path``, as ``python -m`` does; returns it.
+
+    The ``trainkit`` console script starts with its own directory there instead, so without
+    this a user's ``my_pkg/`` beside the recipe would need ``PYTHONPATH=.``. The CLI calls it
+    before parsing, so class paths that jsonargparse imports (``trainer.callbacks``,
+    ``trainer.logger``) resolve the same way as trainkit's own.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    return cwd
+
+
 def import_object(path: str, key: str) -> Any:
     """The object at a class path ``package.module.Name``, imported as ``python -m`` would.
 
@@ -163,9 +177,7 @@ def import_object(path: str, key: str) -> Any:
     module_name, _, attr = path.rpartition(".") if isinstance(path, str) else ("", "", "")
     if not module_name or not attr:
         raise ConfigError(f"a class path is package.module.Name, got {path!r}", key)
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
+    cwd = import_from_cwd()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:

@@ -36,7 +36,7 @@ from trainkit.callbacks.rng import RNGState
 from trainkit.callbacks.throughput import Throughput, throughput_record
 from trainkit.callbacks.diagnostics import DiagnosticsConfig, diagnostics_callbacks
 from trainkit.callbacks.world import WorldRecord
-from trainkit.checkpoints import check_compatible, first_loadable, load_checkpoint
+from trainkit.checkpoints import check_compatible, first_loadable, load_checkpoint, resume_point
 from trainkit.data.datamodule import DataModule
 from trainkit.data.preview import augment_seed, pipelines_config, save_pipelines
 from trainkit.ensemble import check_ensemble, run_ensemble
@@ -45,7 +45,9 @@ from trainkit.evaluation import evaluation_plots
 from trainkit.recipe import CheckpointConfig, explain_parse_error
 from trainkit.module import Classifier
 from trainkit.optim.scaling import check_lr_scaling
+from trainkit.preemption import PREEMPTION, Preempted
 from trainkit.predict import output_path, resolve_input, write_predictions
+from trainkit.registry import import_from_cwd
 from trainkit.rundir import RUN_DIR_ENV, RunConfig, RunDir, atomic_write_text, resolve_run_dir, resume_candidates, wandb_mode
 from trainkit.runlock import RunLock, launcher_rank
 from trainkit.secrets import argv_has_secret, redact
@@ -77,6 +79,8 @@ class TrainkitCLI(LightningCLI):
             if self.lock is not None:
                 finish_wandb()  # W&B writes into the run dir until it finishes
                 self.lock.release()
+            if run_stage:
+                PREEMPTION.clear()  # a signal concerns the run it arrived in, not a next one in this process
 
     def _start(self, args: list[str]) -> None:
         super().__init__(
@@ -120,6 +124,7 @@ class TrainkitCLI(LightningCLI):
     # -- parsing: resolve the run dir and checkpoint before anything is built ---------------
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         safe_yaml.check_recipe_files(args)
+        import_from_cwd()  # class paths jsonargparse imports (trainer.callbacks, ...) as python -m would
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as e:
@@ -257,6 +262,7 @@ class TrainkitCLI(LightningCLI):
         if found:
             check_compatible(found[1], self.model, found[0], key)
             cfg["ckpt_path"] = str(found[0])
+            rank_zero_info(f"resuming from {found[0]}: training continues at {resume_point(found[1])}")
         if "LOCAL_RANK" not in os.environ:
             # the processes Lightning starts for the other devices inherit this: one run dir
             os.environ[RUN_DIR_ENV] = str(self.run_dir.path)
@@ -264,12 +270,18 @@ class TrainkitCLI(LightningCLI):
         save_pipelines(self.run_dir.path, self.datamodule)
 
     def fit(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
-        self.trainer.fit(model, datamodule=datamodule, **kwargs)
+        try:
+            self.trainer.fit(model, datamodule=datamodule, **kwargs)
+        except Preempted:
+            pass  # LastCheckpoint saved, flushed and requeued: the job continues from last.ckpt
         last = next(c for c in self.trainer.callbacks if isinstance(c, LastCheckpoint))
         if last.preempted:
             # the requeued job (or the next `fit` with resume: auto) continues from last.ckpt
             self.result = StageResult("fit", {}, self.run_dir.path, {"fit/preempted_at_step": self.trainer.global_step})
             return
+        if PREEMPTION.received:
+            rank_zero_info(f"{PREEMPTION.name} arrived after training ended: finishing the last steps (the final "
+                           "validation and metrics); nothing is left to requeue")
         best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
         # before validate(): loading best.ckpt there restores the callbacks' states of that epoch
         report = fit_report(self.trainer, best, datamodule.num_classes)

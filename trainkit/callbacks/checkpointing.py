@@ -8,10 +8,13 @@ SIGUSR1 arrives. Lightning writes checkpoints through an fsspec transaction (a t
 renamed into place), so a killed process leaves the previous ``last.ckpt`` loadable.
 
 SIGUSR1 is SLURM's warning before a time limit (``#SBATCH --signal=USR1@90``) or a preemption
-(``scancel --signal=USR1``), sent to every task. Each rank only sets a flag in the handler; at
-the next batch boundary the ranks agree (any rank flagged), save ``last.ckpt`` mid-epoch (the
-train loader's position is in it, see ``trainkit.data.loader``), global rank zero asks SLURM to
-requeue the job, and training stops. The ranks agree without stalling a step: each step
+(``scancel --signal=USR1``), sent to every task. The handler, installed when the process starts
+(:mod:`trainkit.preemption`), only records it; at the next batch boundary the ranks agree (any
+rank flagged) and save ``last.ckpt`` mid-epoch (the train loader's position is in it, see
+``trainkit.data.loader``). At the next hook (the step's metrics logged by then) training ends
+with :class:`~trainkit.preemption.Preempted`, before the partial epoch would be validated;
+global rank zero flushes the loggers and finishes the W&B run (the requeue kills the tasks at
+once: whatever is not on disk by then is lost) and asks SLURM to requeue the job. A signal during start-up is acted on at the first batch. The ranks agree without stalling a step: each step
 all-reduces the flags asynchronously and reads the previous step's result (:class:`AnyRank`), so
 the save comes one step after the signal. The requeued job runs the same command with the same
 job id, so ``resume: auto`` finds the run dir and continues with the batches not yet seen.
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,7 +35,10 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from typing_extensions import override
+
+from trainkit.preemption import PREEMPTION, Preempted, PreemptionSignal
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +96,7 @@ class AnyRank:
 
 class LastCheckpoint(Checkpoint):
     """Save ``path`` at every training epoch end, every ``every_n_steps`` optimizer steps, and
-    on ``signum`` (then requeue under SLURM and stop).
+    when the preemption signal arrives (then requeue under SLURM and stop).
 
     A ``Checkpoint`` subclass, so Lightning orders it with (after) the ModelCheckpoint that keeps
     ``best.ckpt``: the epoch-end ``last.ckpt`` then holds that epoch's best-checkpoint state
@@ -101,19 +106,19 @@ class LastCheckpoint(Checkpoint):
     Args:
         path: the run dir's ``checkpoints/last.ckpt``.
         every_n_steps: also save mid-epoch every this many steps (None: epoch ends only).
-        signum: the preemption signal.
+        preemption: the process's preemption signal (:data:`trainkit.preemption.PREEMPTION`).
     """
 
-    def __init__(self, path: Path, every_n_steps: int | None = None, signum: int = signal.SIGUSR1):
+    def __init__(self, path: Path, every_n_steps: int | None = None, preemption: PreemptionSignal = PREEMPTION):
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         self.path = Path(path)
         self.every_n_steps = every_n_steps
-        self.signum = signum
-        self.received = False
+        self.preemption = preemption
         self.preempted = False
+        self._where = ""
+        self._handed_over = False
         self._saved_at = -1
-        self._previous_handler: Any = None
         self._any_rank = AnyRank()
 
     def save(self, trainer: pl.Trainer) -> None:
@@ -125,19 +130,15 @@ class LastCheckpoint(Checkpoint):
         trainer.save_checkpoint(self.path)
         self._saved_at = trainer.global_step
 
-    def _handle(self, signum: int, frame: Any) -> None:
-        # only a flag: saving from inside a signal handler can deadlock on locks the step holds
-        self.received = True
-
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._previous_handler = signal.signal(self.signum, self._handle)
+        self.preemption.install()  # trainkit's CLI did at start; a library user's Trainer may not have
         self._any_rank.start()
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         # every rank must take the same decision at the same step, or the collective save hangs
-        if self._any_rank(self.received):
+        if self._any_rank(self.preemption.received):
             self._preempt(trainer)
             return
         n = self.every_n_steps
@@ -147,25 +148,72 @@ class LastCheckpoint(Checkpoint):
     def _preempt(self, trainer: pl.Trainer) -> None:
         self.save(trainer)
         self.preempted = True
-        trainer.should_stop = True
-        job = slurm_job_id()
-        if trainer.is_global_zero and job:
-            log.warning("signal %d: checkpoint saved to %s; requeueing SLURM job %s", self.signum, self.path, job)
-            subprocess.run(["scontrol", "requeue", job], check=False)
-        elif trainer.is_global_zero:
-            log.warning("signal %d: checkpoint saved to %s; stopping", self.signum, self.path)
+        self._where = f"{self.path} at epoch {trainer.current_epoch}, global step {trainer.global_step}"
+
+    def _stop(self) -> None:
+        # at the hook after the saved step: its metrics have been handed to the loggers by now
+        if self.preempted:
+            raise Preempted(self._where)
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self._stop()
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop()
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # after a preemption the epoch "ends" early: keep the mid-epoch checkpoint just saved
-        if not trainer.fast_dev_run and not self.preempted:
+        self._stop()  # the saved step ended the epoch and no validation follows
+        if not trainer.fast_dev_run:
             self.save(trainer)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, Preempted):
+            self._hand_over(trainer)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.preempted:  # the saved step was the run's last one: training ended by itself
+            self._hand_over(trainer)
+
+    def _hand_over(self, trainer: pl.Trainer) -> None:
+        """Rank zero: flush the loggers and W&B, then ask SLURM to requeue the job."""
+        if not trainer.is_global_zero or self._handed_over:
+            return
+        self._handed_over = True
+        flush_loggers(trainer)
+        job = slurm_job_id()
+        if job:
+            log.warning("%s received: checkpoint saved to %s; loggers flushed; requeueing SLURM job %s, "
+                        "which resumes from this checkpoint", self.preemption.name, self._where, job)
+            subprocess.run(["scontrol", "requeue", job], check=False)
+        else:
+            log.warning("%s received: checkpoint saved to %s; stopping (not a SLURM job, nothing to requeue): "
+                        "the same command resumes from this checkpoint", self.preemption.name, self._where)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._any_rank.stop()
-        if self._previous_handler is not None:
-            signal.signal(self.signum, self._previous_handler)
+        # the handler stays: a signal after training must not kill the job's last steps
+
+
+def flush_loggers(trainer: pl.Trainer) -> None:
+    """Write out what every logger holds and finish the W&B run, then drop its logger.
+
+    ``scontrol requeue`` kills the tasks at once, W&B's service with them: history it had not
+    written yet was lost (a run stopped at step 150 of 199). Finishing the run writes everything;
+    the requeued job continues the same run id. Lightning must not log to the finished run.
+    """
+    for logger in trainer.loggers:
+        logger.save()
+    import wandb
+
+    if wandb.run is not None:
+        wandb.run.finish()
+        trainer.loggers = [lg for lg in trainer.loggers if not isinstance(lg, WandbLogger)]
 
 
 class BestCheckpoint(ModelCheckpoint):
