@@ -21,7 +21,7 @@ from trainkit.preemption import PREEMPTION
 FIT = ["fit", "--config", str(DEFAULT_RECIPE), "--run.name=p", "--trainer.limit_train_batches=5",
        "--trainer.log_every_n_steps=1", "--trainer.max_epochs=2", *QUIET]
 
-SIGNAL_AFTER_TRAINING = """
+SIGNALS = """
 import os, signal
 from lightning.pytorch import Callback
 
@@ -31,6 +31,17 @@ class SignalAtTrainEnd(Callback):
 
     def on_train_end(self, trainer, pl_module):
         os.kill(os.getpid(), signal.SIGUSR1)
+
+
+class SignalAtBatch(Callback):
+    \"\"\"Sends this process SIGUSR1 at the end of training batch ``batch`` of epoch 0.\"\"\"
+
+    def __init__(self, batch: int = 0):
+        self.batch = batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 0 and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGUSR1)
 """
 
 
@@ -66,9 +77,26 @@ def test_a_signal_before_training_stops_at_the_first_batch_and_the_rerun_resumes
     assert history(run) == ([0, 1, 2], list(range(10)))
 
 
+def test_a_signal_at_an_epochs_last_batch_stops_after_that_epoch_is_validated(caplog):
+    # a checkpoint of an epoch's last batch would resume past the epoch's validation: stop after it
+    Path("signals.py").write_text(SIGNALS)  # imported from the current directory, as python -m would
+    callbacks = "--trainer.callbacks=[{class_path: signals.SignalAtBatch, init_args: {batch: 4}}]"
+    with caplog.at_level("INFO"):
+        assert main([*FIT, callbacks]) == 0
+    assert "checkpoint saved to runs/digits_mlp/p/checkpoints/last.ckpt at epoch 0, global step 5;" in caplog.text
+    run = Path("runs/digits_mlp/p")
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 5
+    assert history(run) == ([0], list(range(5))), "epoch 0 validated before stopping"
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert main(FIT) == 0
+    assert "training continues at the start of epoch 1 (global step 5; epoch 0 is done)" in caplog.text
+    assert history(run) == ([0, 1, 2], list(range(10)))
+
+
 def test_a_signal_after_training_lets_the_fit_finish(caplog):
-    Path("signal_after.py").write_text(SIGNAL_AFTER_TRAINING)  # imported from the current directory
-    callbacks = "--trainer.callbacks=[{class_path: signal_after.SignalAtTrainEnd}]"
+    Path("signals.py").write_text(SIGNALS)
+    callbacks = "--trainer.callbacks=[{class_path: signals.SignalAtTrainEnd}]"
     with caplog.at_level("INFO"):
         assert main([*FIT, callbacks, "--trainer.logger=false"]) == 0
     assert "SIGUSR1 arrived after training ended: finishing the last steps" in caplog.text

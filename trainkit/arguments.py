@@ -31,7 +31,9 @@ from trainkit.errors import ConfigError
 REFUSALS = (ValueError, TypeError, RuntimeError, AssertionError, ZeroDivisionError, OverflowError, IndexError, KeyError)
 
 
-def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+def _hints(fn: Callable[..., Any] | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(fn, Mapping):  # the annotations themselves, for a spec that is not a signature
+        return dict(fn)
     target = fn.__init__ if inspect.isclass(fn) else fn
     try:
         return typing.get_type_hints(target)
@@ -113,9 +115,10 @@ def _finite(value: Any) -> bool:
     return True
 
 
-def check_types(fn: Callable[..., Any], kwargs: Mapping[str, Any], key: str) -> None:
+def check_types(fn: Callable[..., Any] | Mapping[str, Any], kwargs: Mapping[str, Any], key: str) -> None:
     """Raise a :class:`ConfigError` naming ``key.<arg>`` for a value that does not fit ``fn``'s
-    annotation of it, or a number that is NaN or infinite."""
+    annotation of it (or ``fn[arg]`` when ``fn`` is a mapping of annotations), or a number that
+    is NaN or infinite."""
     hints = _hints(fn)
     for name, value in kwargs.items():
         tp = hints.get(name)

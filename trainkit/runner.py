@@ -69,6 +69,7 @@ class TrainkitCLI(LightningCLI):
     def __init__(self, args: list[str], run_stage: bool = True):
         self.result: StageResult | None = None
         self.run_stage = run_stage  # False: parse, check and build everything, run nothing
+        self._stage = args[0] if args and args[0] in LightningCLI.subcommands() else None
         self.lock: RunLock | None = None
         try:
             with warnings.catch_warnings():
@@ -100,6 +101,13 @@ class TrainkitCLI(LightningCLI):
                 **{stage: {"allow_abbrev": False, "parser_mode": safe_yaml.MODE} for stage in self.subcommands()},
             },
         )
+
+    def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
+        """Only the stage this invocation runs. LightningCLI builds a parser per subcommand; all
+        four cost every command (and each parse-only check) ~60% of its start-up for three it
+        never uses. An unknown stage gets them all, so the error lists the valid ones."""
+        stages = LightningCLI.subcommands()
+        return {self._stage: stages[self._stage]} if self._stage else stages
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunConfig, "run")

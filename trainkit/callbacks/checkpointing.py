@@ -116,6 +116,7 @@ class LastCheckpoint(Checkpoint):
         self.every_n_steps = every_n_steps
         self.preemption = preemption
         self.preempted = False
+        self._stopping = False  # the ranks agreed to stop (at this batch or at the epoch's end)
         self._where = ""
         self._handed_over = False
         self._saved_at = -1
@@ -136,10 +137,16 @@ class LastCheckpoint(Checkpoint):
         self._any_rank.start()
 
     @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
         # every rank must take the same decision at the same step, or the collective save hangs
-        if self._any_rank(self.preemption.received):
-            self._preempt(trainer)
+        if not self._stopping and self._any_rank(self.preemption.received):
+            self._stopping = True
+            if batch_idx + 1 < trainer.num_training_batches:
+                self._preempt(trainer)
+            # else this batch ends the epoch: it is validated and saved as every epoch is (on
+            # Lightning's resume from a checkpoint of an epoch's last batch, the epoch's validation
+            # and epoch end would be skipped), and training stops before the next batch
             return
         n = self.every_n_steps
         if n and trainer.global_step % n == 0 and trainer.global_step != self._saved_at:
@@ -165,8 +172,10 @@ class LastCheckpoint(Checkpoint):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._stop()  # the saved step ended the epoch and no validation follows
-        if not trainer.fast_dev_run:
+        self._stop()  # preempted mid-epoch: keep the mid-epoch checkpoint just saved
+        if self._stopping:  # the signal came at the epoch's last batch: its end is the checkpoint
+            self._preempt(trainer)
+        elif not trainer.fast_dev_run:
             self.save(trainer)
 
     @override
