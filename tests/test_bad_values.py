@@ -43,6 +43,8 @@ CASES = [
      ["model.optimizer.name", "torch.nn.Linear", "torch.optim.Optimizer"]),
     ("optimizer-class-path-bad-arg", [*FIT, "--model.optimizer={name: torch.optim.Adamax, lr: 0.01, betas: [2, 3]}"],
      None, ["model.optimizer.betas", "torch.optim.Adamax", "[0, 1)"]),
+    ("optimizer-class-path-unknown-arg", [*FIT, "--model.optimizer={name: torch.optim.Adamax, lr: 0.01, momentum: 0.9}"],
+     None, ["model.optimizer", "'torch.optim.Adamax' has no argument 'momentum'", "betas"]),
     ("activation-class-path-bad-arg", [*FIT, "--model.activation={name: torch.nn.Hardtanh, min_val: 2.0}"], None,
      ["model.activation.min_val", "max_val (1.0) must be greater than min_val (2.0)"]),
     ("seed-negative", [*FIT, "--seed_everything=-1"], None, ["seed_everything", "-1", "4294967295"]),

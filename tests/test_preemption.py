@@ -104,3 +104,23 @@ def test_a_signal_after_training_lets_the_fit_finish(caplog):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["fit/epochs"] == 2 and "val/acc" in metrics, "the final validation ran"
     assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 10
+
+
+def test_a_signal_while_the_interpreter_starts_is_held_until_the_handler_takes_it():
+    # as slurm.sbatch starts each task: SIGUSR1 blocked until trainkit installs its handler
+    import subprocess
+    import sys
+
+    exe = str(Path(sys.executable).with_name("trainkit"))
+    proc = subprocess.Popen(["env", "--block-signal=USR1", exe, *FIT, "--trainer.logger=false", "--data.num_workers=0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    bit = 1 << (signal.SIGUSR1 - 1)
+    while True:  # env has blocked the signal and exec'd Python, whose handler is not in yet
+        status = dict(line.split(":\t", 1) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines())
+        if int(status["SigBlk"], 16) & bit:
+            assert not int(status["SigCgt"], 16) & bit, "too late: the handler is already installed"
+            break
+    proc.send_signal(signal.SIGUSR1)  # without the mask this kills the starting process (exit 138)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "SIGUSR1 received: checkpoint saved to" in out and "at epoch 0, global step 1;" in out, out[-3000:]

@@ -3,7 +3,8 @@
 
 The handler is installed when the process starts (:func:`trainkit.cli.main`), so a signal
 that arrives during start-up (parsing, loading data, before ``Trainer.fit``) is kept instead
-of killing the process (exit 138). It only records the signal: training acts on it at the
+of killing the process (exit 138); one that arrives before even that, while the interpreter
+starts, is held pending by the launcher's signal mask and delivered once the handler is in. It only records the signal: training acts on it at the
 next batch boundary (:class:`trainkit.callbacks.checkpointing.LastCheckpoint` saves, requeues
 and stops), and a signal after training has ended lets the job finish its last steps. It is
 installed with ``SA_RESTART`` semantics, so a system call it interrupts (a gloo socket read, a
@@ -44,6 +45,9 @@ class PreemptionSignal:
             return
         signal.signal(self.signum, self._handle)
         signal.siginterrupt(self.signum, False)  # SA_RESTART: interrupted system calls resume
+        # the sbatch script starts tasks with the signal blocked (`env --block-signal`), so one
+        # that came before this point is pending, not lost: it is delivered now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {self.signum})
         self.installed = True
 
     def _handle(self, signum: int, frame: Any) -> None:

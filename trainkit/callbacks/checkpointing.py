@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any, Mapping
@@ -156,6 +157,10 @@ class LastCheckpoint(Checkpoint):
         self.save(trainer)
         self.preempted = True
         self._where = f"{self.path} at epoch {trainer.current_epoch}, global step {trainer.global_step}"
+        # the requeue ends every task with SIGTERM; everything is saved, so the default action
+        # (end now) is right. Lightning's own handler would broadcast the signal over a process
+        # group whose other members are dying and print a traceback into the job's log.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def _stop(self) -> None:
         # at the hook after the saved step: its metrics have been handed to the loggers by now
@@ -180,7 +185,8 @@ class LastCheckpoint(Checkpoint):
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, Preempted):
+        if isinstance(exception, Preempted):  # raised on every rank at the same step
+            self._any_rank.stop()  # (on_fit_end does not come after an exception)
             self._hand_over(trainer)
 
     @override
