@@ -18,7 +18,7 @@ from torch import nn
 
 from trainkit.arguments import call_checked, check_types
 from trainkit.errors import ConfigError
-from trainkit.registry import Registry, check_kwargs, import_object
+from trainkit.registry import Registry
 
 ActivationSpec = Union[str, dict[str, Any]]
 KEY = "model.activation"
@@ -40,15 +40,7 @@ def activation_class(name: str) -> type[nn.Module]:
     Raises:
         ConfigError: an unknown name, or a class path that is not an nn.Module subclass.
     """
-    if isinstance(name, str) and name not in ACTIVATIONS and "." in name:
-        cls = import_object(name, KEY)
-        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-            raise ConfigError(f"{name!r} is not a torch.nn.Module subclass", KEY)
-        return cls
-    try:
-        return ACTIVATIONS.get(name)
-    except ConfigError as e:
-        raise ConfigError(f"{e} (or the class path of an nn.Module)", KEY) from None
+    return ACTIVATIONS.resolve(name, KEY, nn.Module)
 
 
 def split_spec(spec: ActivationSpec) -> tuple[str, dict[str, Any]]:
@@ -61,18 +53,9 @@ def split_spec(spec: ActivationSpec) -> tuple[str, dict[str, Any]]:
         ConfigError: no or unknown name, an argument the activation does not take, or a value
             it refuses.
     """
-    if isinstance(spec, str):
-        name, kwargs = spec, {}
-    elif isinstance(spec, dict) and "name" in spec:
-        name, kwargs = spec["name"], {k: v for k, v in spec.items() if k != "name"}
-    else:
-        raise ConfigError(f"a name or {{name: ..., <arguments>}}, got {spec!r}", KEY)
+    name, kwargs = ACTIVATIONS.split_spec(spec, KEY, skip=("inplace",), base=nn.Module)
     cls = activation_class(name)
-    try:
-        check_kwargs(cls, kwargs, f"activation {name!r}", skip=("inplace",))
-        check_types(cls, kwargs, KEY)
-    except ConfigError as e:
-        raise e.with_key(KEY) from None
+    check_types(cls, kwargs, KEY)
     call_checked(cls, kwargs, KEY, f"activation {name!r}")
     return name, kwargs
 

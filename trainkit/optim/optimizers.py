@@ -25,7 +25,7 @@ import torch
 
 from trainkit.arguments import call_checked, check_types
 from trainkit.errors import ConfigError
-from trainkit.registry import Registry, check_kwargs, import_object
+from trainkit.registry import Registry, check_kwargs
 
 OPTIMIZERS: Registry = Registry("optimizer")
 OPTIMIZERS.register("sgd", torch.optim.SGD, description="stochastic gradient descent (momentum, nesterov, dampening)")
@@ -84,15 +84,7 @@ def optimizer_class(name: str, key: str = f"{KEY}.name") -> Callable[..., torch.
     Raises:
         ConfigError: an unknown name, or a class path that is not an Optimizer subclass.
     """
-    if isinstance(name, str) and name not in OPTIMIZERS and "." in name:
-        cls = import_object(name, key)
-        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-            raise ConfigError(f"{name!r} is not a torch.optim.Optimizer subclass", key)
-        return cls
-    try:
-        return OPTIMIZERS.get(name)
-    except ConfigError as e:
-        raise ConfigError(f"{e} (or the class path of a torch.optim.Optimizer)", key) from None
+    return OPTIMIZERS.resolve(name, key, torch.optim.Optimizer)
 
 
 def _step_once(cls: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
