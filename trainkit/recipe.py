@@ -1,4 +1,4 @@
-"""Recipe-level configuration groups and the explanation of parse errors.
+"""Recipe-level configuration groups, checks of a parsed recipe, and the explanation of parse errors.
 
 ``checkpoint:`` is a group of its own (not a Classifier or DataModule argument); parse errors
 from jsonargparse are turned into one line that names the key and the closest valid ones.
@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from trainkit.arguments import check_types
 from trainkit.errors import ConfigError
 from trainkit.metrics import METRIC_NAMES, STAGES
 
@@ -38,6 +39,31 @@ class CheckpointConfig:
             raise ConfigError(f"must be min or max, got {self.mode!r}", "checkpoint.mode")
         if self.every_n_steps is not None and self.every_n_steps < 1:
             raise ConfigError(f"must be >= 1 or null, got {self.every_n_steps}", "checkpoint.every_n_steps")
+
+
+def check_seed(seed: Any) -> None:
+    """``seed_everything``: true (a random seed), false/null (unseeded) or an integer NumPy accepts.
+
+    Raises:
+        ConfigError: another value (Lightning's seed_everything would raise inside the run).
+    """
+    if isinstance(seed, bool) or seed is None:
+        return
+    if not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
+        raise ConfigError(f"must be an integer in [0, {2**32 - 1}], true (a random seed) or false, got {seed!r}",
+                          "seed_everything")
+
+
+def check_nulls(cfg: Any, groups: dict[str, Any]) -> None:
+    """``null`` only where the class's argument allows it: jsonargparse lets a recipe's
+    ``key: null`` through for any type (``data.num_workers: null`` then failed inside the run).
+
+    Raises:
+        ConfigError: naming the key and the type it needs.
+    """
+    for group, cls in groups.items():
+        values = cfg[group].as_dict() if hasattr(cfg.get(group), "as_dict") else {}
+        check_types(cls, {k: v for k, v in values.items() if v is None}, group)
 
 
 def explain_parse_error(message: str, parser: Any) -> str:

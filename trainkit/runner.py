@@ -28,7 +28,6 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from trainkit import safe_yaml
-from trainkit.arguments import check_types
 from trainkit.callbacks.checkpointing import BestCheckpoint, LastCheckpoint
 from trainkit.callbacks.curves import FitCurves
 from trainkit.callbacks.early_stopping import EarlyStoppingConfig, SmoothedEarlyStopping
@@ -42,7 +41,7 @@ from trainkit.data.preview import augment_seed, pipelines_config, save_pipelines
 from trainkit.ensemble import check_ensemble, run_ensemble
 from trainkit.errors import ConfigError
 from trainkit.evaluation import evaluation_plots
-from trainkit.recipe import CheckpointConfig, explain_parse_error
+from trainkit.recipe import CheckpointConfig, check_nulls, check_seed, explain_parse_error
 from trainkit.module import Classifier
 from trainkit.optim.scaling import check_lr_scaling
 from trainkit.preemption import PREEMPTION, Preempted
@@ -162,10 +161,7 @@ class TrainkitCLI(LightningCLI):
         if cfg.get("ckpt_path"):
             load_checkpoint(cfg.ckpt_path, "ckpt_path")  # refused or corrupt: exit 2 before anything runs
         check_seed(cfg.get("seed_everything"))
-        # jsonargparse lets a recipe's `key: null` through for any type: null only where allowed
-        for group, cls in (("model", Classifier), ("data", DataModule), ("trainer", Trainer)):
-            values = cfg[group].as_dict() if hasattr(cfg.get(group), "as_dict") else {}
-            check_types(cls, {k: v for k, v in values.items() if v is None}, group)
+        check_nulls(cfg, {"model": Classifier, "data": DataModule, "trainer": Trainer})
         self.recipe_text = self._parser(stage).dump(cfg, skip_none=False)
         recipe = safe_yaml.load_yaml(self.recipe_text, "the resolved recipe")
         if redact(recipe) != recipe:
@@ -373,19 +369,6 @@ def run(argv: list[str]) -> StageResult:
         return cli.result
     finally:
         finish_wandb()
-
-
-def check_seed(seed: Any) -> None:
-    """``seed_everything``: true (a random seed), false/null (unseeded) or an integer NumPy accepts.
-
-    Raises:
-        ConfigError: another value (Lightning's seed_everything would raise inside the run).
-    """
-    if isinstance(seed, bool) or seed is None:
-        return
-    if not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
-        raise ConfigError(f"must be an integer in [0, {2**32 - 1}], true (a random seed) or false, got {seed!r}",
-                          "seed_everything")
 
 
 def finish_wandb() -> None:
