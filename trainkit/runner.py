@@ -139,6 +139,9 @@ class TrainkitCLI(LightningCLI):
             raise ConfigError(explain_parse_error(str(e), stage_parser)) from None
         stage = self.config.subcommand
         cfg = self.config[stage]
+        check_seed(cfg.get("seed_everything"))
+        check_nulls(cfg, {"run": RunConfig, "checkpoint": CheckpointConfig, "model": Classifier, "data": DataModule,
+                          "trainer": Trainer})
         self.run_cfg = RunConfig(**cfg.run.as_dict())
         self.ckpt_cfg = CheckpointConfig(**cfg.checkpoint.as_dict())
         self.ensemble = check_ensemble(cfg.get("ensemble"), stage)
@@ -160,8 +163,6 @@ class TrainkitCLI(LightningCLI):
             cfg.ckpt_path = str(self.run_dir.checkpoint(cfg.ckpt_path or "best"))
         if cfg.get("ckpt_path"):
             load_checkpoint(cfg.ckpt_path, "ckpt_path")  # refused or corrupt: exit 2 before anything runs
-        check_seed(cfg.get("seed_everything"))
-        check_nulls(cfg, {"model": Classifier, "data": DataModule, "trainer": Trainer})
         self.recipe_text = self._parser(stage).dump(cfg, skip_none=False)
         recipe = safe_yaml.load_yaml(self.recipe_text, "the resolved recipe")
         if redact(recipe) != recipe:
@@ -206,8 +207,8 @@ class TrainkitCLI(LightningCLI):
         kwargs.setdefault("default_root_dir", str(self.run_dir.path))
         try:
             trainer = super().instantiate_trainer(**kwargs)
-        except (MisconfigurationException, ValueError) as e:
-            # e.g. more GPUs than the machine has, an unknown accelerator or strategy
+        except (MisconfigurationException, ValueError, TypeError) as e:
+            # e.g. more GPUs than the machine has, an unknown accelerator or strategy, devices: -1
             raise ConfigError(str(e), "trainer") from None
         cores = os.cpu_count() or 1
         if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > cores:
