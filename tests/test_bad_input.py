@@ -72,6 +72,11 @@ def earlier_run(isolated: Path) -> Path:
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_exits_2_with_a_clear_message(case, earlier_run: Path, capsys):
     _, argv, recipe, words = case
+    assert_refused(argv, recipe, words, earlier_run, capsys)
+
+
+def assert_refused(argv: list[str], recipe: str | None, words: list[str], earlier_run: Path, capsys) -> None:
+    """``trainkit <argv>`` exits 2 with one message holding ``words``, and writes nothing."""
     if recipe is not None:
         Path("bad.yaml").write_text(recipe)
     before = tree_digest(earlier_run.parents[1])

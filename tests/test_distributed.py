@@ -41,8 +41,15 @@ def net_weights(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 def test_torchrun_two_workers_match_one_process_with_the_same_global_batch():
-    # 19 full steps per epoch: with the padded last batch the two worlds would see different samples
-    steps = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=19"]
+    # 19 full steps per epoch: with the padded last batch the two worlds would see different samples.
+    # In float64: the two worlds add the same gradient terms in another order (two half-batch sums
+    # all-reduced vs one sum of 64), and how that rounds depends on the CPU's kernels. In float32
+    # (unit roundoff u = 6e-8) the weights were seen to drift 4.8e-5 apart after 38 steps on one
+    # CPU, an amplification of ~1e3 u by the training dynamics; the same dynamics in float64
+    # (u = 1.1e-16) give ~1e-13 (9.6e-16 measured here). atol 1e-9 leaves four orders of margin, while a real
+    # fault (gradients summed instead of averaged, another shard or order of samples) moves the
+    # weights by ~lr * |g| > 1e-4.
+    steps = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=19", "--trainer.precision=64-true"]
     out = finish(torchrun({"NPROC": "2", "RUN_ID": "ddp"}, "--data.batch_size=32", *steps))
     assert out.count("run dir: runs/digits_mlp/torchrun-ddp") == 1, "rank zero alone reports"
     single = trainkit("fit", "--config", str(DEFAULT_RECIPE), "--run.name=single", "--data.batch_size=64", *COMMON, *steps)
@@ -56,7 +63,8 @@ def test_torchrun_two_workers_match_one_process_with_the_same_global_batch():
     a, b = net_weights(ddp_dir / "checkpoints/last.ckpt"), net_weights(single_dir / "checkpoints/last.ckpt")
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4, msg=key)
+        assert a[key].dtype == torch.float64
+        torch.testing.assert_close(a[key], b[key], atol=1e-9, rtol=0, msg=key)
     assert ddp_ckpt["global_step"] == 2 * 19
     # and training really happened: accuracy well above chance in both
     for run in (ddp_dir, single_dir):

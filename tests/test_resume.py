@@ -139,3 +139,64 @@ def _environ(pid: int) -> dict[str, str]:
     except OSError:
         return {}
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def test_a_moved_run_dir_resumes_into_its_own_best_checkpoint_and_test_agrees(isolated, capsys):
+    import json
+    import shutil
+
+    from trainkit.cli import main
+
+    quick = ["--config", str(DEFAULT_RECIPE), "--run.name=m", "--trainer.logger=false", "--data.num_workers=0",
+             "--trainer.limit_train_batches=4", *QUIET]
+    assert main(["fit", *quick, "--trainer.max_epochs=2"]) == 0
+    shutil.move("runs", "moved")  # the original place is gone: nothing may point there
+    assert main(["fit", *quick, "--run.root=moved", "--trainer.max_epochs=4"]) == 0
+    run = Path("moved/digits_mlp/m")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt", "previous.ckpt"]
+    assert json.loads((run / "metrics.json").read_text())["fit/best_checkpoint"] == "best.ckpt"
+    for ckpt in (run / "checkpoints").iterdir():
+        state = load(ckpt)
+        best = next(v for k, v in state["callbacks"].items() if k.startswith("ModelCheckpoint"))
+        assert best["dirpath"] == "." and best["best_model_path"] == "best.ckpt", best
+        assert str(isolated) not in repr(state), f"an absolute path inside {ckpt.name}"
+    capsys.readouterr()
+    assert main(["test", "--config", str(DEFAULT_RECIPE), "--run.root=moved", "--run.name=m", "--data.num_workers=0",
+                 "--trainer.logger=false", *QUIET]) == 0
+    assert f"test/checkpoint: {run / 'checkpoints' / 'best.ckpt'}" in capsys.readouterr().out
+
+
+class Ticks:
+    """A clock that advances one second per reading: every training batch takes one second."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        self.t += 1.0
+        return self.t
+
+
+def test_throughput_after_a_mid_epoch_resume_counts_steady_batches_only(tmp_path):
+    from lightning.pytorch import Trainer
+
+    from trainkit.callbacks.checkpointing import LastCheckpoint
+    from trainkit.callbacks.throughput import Throughput
+    from trainkit.data.datamodule import DataModule
+    from trainkit.module import Classifier
+
+    def fit(epochs: int, ckpt: Path | None) -> Throughput:
+        meter = Throughput(clock=Ticks())
+        trainer = Trainer(max_epochs=epochs, limit_train_batches=8, limit_val_batches=2, logger=False,
+                          enable_progress_bar=False, enable_model_summary=False,
+                          default_root_dir=tmp_path, callbacks=[LastCheckpoint(tmp_path / "last.ckpt", every_n_steps=3), meter])
+        trainer.fit(Classifier(), datamodule=DataModule(num_workers=0), ckpt_path=ckpt, weights_only=True)
+        return meter
+
+    first = fit(1, None)  # steps 3 and 6 mid-epoch, 8 at the epoch end: previous.ckpt is step 6
+    assert first.samples_per_s() == 64.0, first.segments  # 7 batches of 64 after the first, 1 s each
+    assert load(tmp_path / "previous.ckpt")["global_step"] == 6
+    resumed = fit(2, tmp_path / "previous.ckpt")
+    # Lightning calls no on_train_epoch_start for the resumed epoch; its 2 batches are warm-up
+    assert [(e, n) for e, n, _ in resumed.segments] == [(0, 64), (1, 7 * 64)]
+    assert resumed.samples_per_s() == 64.0

@@ -57,30 +57,65 @@ def test_sbatch_two_tasks_train_digits(cluster):
     assert job_output(job).count(f"run dir: runs/digits_mlp/slurm-{job}") == 1, "rank zero alone reports"
 
 
-def test_preempted_job_checkpoints_requeues_and_finishes(cluster):
-    epochs = 30
-    job = submit(cluster, f"--trainer.max_epochs={epochs}")
-    run = Path(f"runs/digits_mlp/slurm-{job}")
-    last = run / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 180
-    while not last.exists():  # first epoch done: the job is mid-run
+def wait_until(ready, cluster: Cluster, job: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
         assert time.monotonic() < deadline and cluster.job_state(job) in ("PENDING", "RUNNING"), job_output(job)
-        time.sleep(0.5)
-    signalled = cluster.run("scancel", "--signal=USR1", job)
-    assert signalled.returncode == 0, signalled.stderr
+        time.sleep(0.2)
 
-    state = cluster.wait_state(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=300)
+
+def assert_resumed_as_uninterrupted(cluster: Cluster, job: str, epochs: int) -> str:
+    """The job was requeued once and finished every epoch and step, with one W&B run whose
+    history has no gap across the requeue."""
+    state = cluster.wait_state(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=420)
     out = job_output(job)
-    assert state == "COMPLETED", out + cluster.logs()
+    assert state == "COMPLETED", out[-5000:] + cluster.logs()
     assert cluster.field(job, "Restarts") == "1", "the job was requeued once"
-    assert "requeueing SLURM job" in out, out[-3000:]
-    assert "Restoring states from the checkpoint" in (run / "trainkit.log").read_text()
-    # finished as an uninterrupted run would: all epochs, all steps, one W&B run
+    assert "SIGUSR1 received: checkpoint saved to" in out and "requeueing SLURM job" in out, out[-3000:]
+    assert "resuming from" in out and "training continues at" in out, out[-3000:]
+    assert "Traceback" not in out, out[-5000:]
+    run = Path(f"runs/digits_mlp/slurm-{job}")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["fit/epochs"] == epochs
-    ckpt = torch.load(last, weights_only=True)
-    assert ckpt["global_step"] == epochs * 10  # 1,259 samples -> 630 per rank / 64 = 10 steps
-    assert len(read_run(run)["ids"]) == 1 and len(read_run(run)["files"]) == 2
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == epochs * STEPS
+    records = read_run(run)
+    assert len(records["ids"]) == 1 and len(records["files"]) == 2, "one W&B run, continued by the requeued job"
+    # W&B was flushed before the requeue: every epoch's validation once, every logged step once
+    val_epochs = sorted(row["epoch"] for row in records["history"] if "val/acc" in row)
+    assert val_epochs == list(range(epochs + 1)), val_epochs  # the last: fit's validation of best.ckpt
+    steps = sorted(row["trainer/global_step"] for row in records["history"] if "train/loss_step" in row)
+    assert steps == list(range(steps[0], epochs * STEPS, 10)) and steps[0] < 10, steps
+    return out
+
+
+STEPS = 10  # 1,259 training samples -> 630 per rank / 64 = 10 steps per epoch
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["tasks", "full"])
+def test_preempted_job_checkpoints_requeues_and_finishes(cluster, full):
+    # --full also signals the batch shell and everything it started (srun): they must survive it
+    epochs = 30
+    job = submit(cluster, f"--trainer.max_epochs={epochs}")
+    last = Path(f"runs/digits_mlp/slurm-{job}/checkpoints/last.ckpt")
+    wait_until(last.exists, cluster, job)  # first epoch done: the job is mid-run
+    signalled = cluster.run("scancel", "--signal=USR1", *(["--full"] if full else []), job)
+    assert signalled.returncode == 0, signalled.stderr
+    assert_resumed_as_uninterrupted(cluster, job, epochs)
+
+
+def test_a_signal_during_start_up_requeues_and_the_job_finishes(cluster):
+    # before Trainer.fit (the tasks are importing, parsing, loading data): once exit 138, FAILED
+    epochs = 3
+    job = submit(cluster, f"--trainer.max_epochs={epochs}")
+    run = Path(f"runs/digits_mlp/slurm-{job}")
+    wait_until(lambda: cluster.job_state(job) == "RUNNING", cluster, job)
+    time.sleep(1.0)  # the tasks have started; training is seconds away
+    assert not (run / "checkpoints" / "last.ckpt").exists(), "still starting up"
+    signalled = cluster.run("scancel", "--signal=USR1", job)
+    assert signalled.returncode == 0, signalled.stderr
+    out = assert_resumed_as_uninterrupted(cluster, job, epochs)
+    first = out.split("requeueing SLURM job")[0]
+    assert "epoch 0, global step" in first.rsplit("checkpoint saved to", 1)[1], "acted on at the first batches"
 
 
 def test_launch_slurm_from_a_bare_path_fits_the_node_and_trains(cluster):

@@ -19,22 +19,39 @@ from trainkit.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def load_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
-    """Load ``path`` safely (``weights_only=True``, memory-mapped, on the CPU).
+def safe_load(path: str | Path, key: str) -> Any:
+    """Whatever ``path`` holds, loaded safely (``weights_only=True``, on the CPU).
 
     Raises:
-        ConfigError: missing, truncated/corrupt, or holding objects other than plain data.
+        ConfigError: missing, unreadable, truncated/corrupt, not a torch file (a plain pickle),
+            or holding objects other than plain data; the message names the file and the key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"file {str(path)!r} does not exist", key)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001  (torch raises several types for bad files)
+        text = str(e).strip()
+        reason = text.splitlines()[0] if text else type(e).__name__
+        if "weights_only" in text or "Unsupported global" in text:
+            reason = "it holds objects other than tensors and plain data (refused: loading would run its code)"
+        elif "mmap can only be used" in text:  # no zip archive at all: a plain pickle, text, ...
+            reason = "it is not a file written by torch.save (a plain pickle or another format)"
+        raise ConfigError(f"checkpoint {str(path)!r} cannot be loaded: {reason}", key) from None
+
+
+def load_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
+    """Load the Lightning checkpoint at ``path`` safely (see :func:`safe_load`).
+
+    Raises:
+        ConfigError: missing, truncated/corrupt, holding objects other than plain data, or not
+            a Lightning checkpoint.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {str(path)!r} does not exist", key)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001  (torch raises several types for bad files)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            reason = "it holds objects other than tensors and plain data (refused: loading would run its code)"
-        raise ConfigError(f"checkpoint {str(path)!r} cannot be loaded: {reason}", key) from None
+    ckpt = safe_load(path, key)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ConfigError(f"{str(path)!r} is not a Lightning checkpoint (no state_dict)", key)
     return ckpt
@@ -78,3 +95,17 @@ def check_compatible(ckpt: dict[str, Any], model: torch.nn.Module, path: str | P
         raise ConfigError(
             f"checkpoint {str(path)!r} was trained with another model than this recipe builds ({'; '.join(parts)})", key
         )
+
+
+def resume_point(ckpt: dict[str, Any]) -> str:
+    """Where training continues from ``ckpt``, in words (epochs counted from 0, as Lightning does).
+
+    >>> loops = {"fit_loop": {"epoch_loop.batch_progress": {"current": {"processed": 7}, "is_last_batch": False}}}
+    >>> resume_point({"epoch": 2, "global_step": 47, "loops": loops})
+    'epoch 2 after 7 of its batches (global step 47)'
+    """
+    progress = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+    epoch, step = int(ckpt.get("epoch", 0)), int(ckpt.get("global_step", 0))
+    if progress.get("is_last_batch", True):
+        return f"the start of epoch {epoch + 1} (global step {step}; epoch {epoch} is done)"
+    return f"epoch {epoch} after {int(progress.get('current', {}).get('processed', 0))} of its batches (global step {step})"

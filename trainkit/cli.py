@@ -8,6 +8,7 @@ Exit codes: 0 success, 2 bad input (one message naming the culprit), 1 anything 
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from trainkit.commands import COMMANDS
 from trainkit.commands.common import REGISTRIES, format_table
 
 STAGES = ("fit", "validate", "test", "predict")
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 HELP = """\
 usage: trainkit <command> [options]
@@ -58,6 +60,9 @@ holds what the console leaves out (--verbose shows it all). See README.md for re
 
 
 def run_stage(argv: Sequence[str]) -> int:
+    from trainkit.safe_yaml import check_recipe_files
+
+    check_recipe_files(list(argv))  # unreadable recipes and alias bombs: exit 2 before torch loads
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from trainkit.loggers import wandb_hint
@@ -105,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``--verbose`` anywhere shows on the console what otherwise goes to the run's log file only.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    from trainkit.preemption import PREEMPTION
+
+    # first of all: a SIGUSR1 from SLURM during start-up must not kill the task (exit 138)
+    PREEMPTION.install()
     show_all = "--verbose" in argv
     argv = [a for a in argv if a != "--verbose"]
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -142,6 +151,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
+            # not bad input and not a bug: one line, and the run dir keeps its last complete checkpoint
+            where = repr(e.filename) if e.filename else "the run's files"
+            print(f"trainkit: error: writing {where} failed: {e.strerror} (the disk is full or a file-size limit "
+                  "is set: ulimit -f); checkpoints are written whole or not at all, so the last complete one "
+                  "is kept and the run resumes from it", file=sys.stderr)
+            return 1
         # a broken optional package beside trainkit's dependencies (a CUDA torchvision next to
         # the CPU torch, which torchmetrics imports): one line instead of an import traceback
         from trainkit.optional import explain_broken_dependency

@@ -27,7 +27,7 @@ from typing_extensions import override
 
 from trainkit.console import verbose
 from trainkit.rundir import RunDir, atomic_write_text, wandb_mode
-from trainkit.secrets import find_secret
+from trainkit.secrets import argv_has_secret
 
 CSV_FILE = "metrics.csv"
 HPARAMS_FILE = "hparams.yaml"
@@ -187,7 +187,7 @@ def wandb_logger(stage: str, run_dir: RunDir, config: dict[str, Any] | None) -> 
         mode=wandb_mode(),
         settings=wandb.Settings(
             # W&B's metadata records the command line: leave it out when it carries a secret
-            x_disable_meta=find_secret(" ".join(sys.argv)) is not None,
+            x_disable_meta=argv_has_secret(sys.argv),
             # W&B writes its messages to its debug.log in the run dir; --verbose shows them
             silent=not verbose(),
         ),

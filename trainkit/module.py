@@ -23,6 +23,7 @@ from trainkit.nn.regularize import check_regularization, make_optimizer, penalty
 from trainkit.optim.configure import check_schedule, configure
 from trainkit.optim.optimizers import check_optimizer
 from trainkit.optim.scaling import check_lr_scaling
+from trainkit.secrets import redact
 
 
 class Classifier(pl.LightningModule):
@@ -233,6 +234,10 @@ class Classifier(pl.LightningModule):
 
     def configure_callbacks(self) -> list[Any]:
         return extra_callbacks(self)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # every checkpoint (best, last, snapshots) is written through here: no credentials in it
+        checkpoint["hyper_parameters"] = redact(checkpoint.get("hyper_parameters", {}))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a pruned checkpoint holds weight_orig/weight_mask, a dense one weight: give the net its layout

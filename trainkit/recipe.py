@@ -1,4 +1,4 @@
-"""Recipe-level configuration groups and the explanation of parse errors.
+"""Recipe-level configuration groups, checks of a parsed recipe, and the explanation of parse errors.
 
 ``checkpoint:`` is a group of its own (not a Classifier or DataModule argument); parse errors
 from jsonargparse are turned into one line that names the key and the closest valid ones.
@@ -9,11 +9,9 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from trainkit.arguments import check_types
 from trainkit.errors import ConfigError
 from trainkit.metrics import METRIC_NAMES, STAGES
 
@@ -43,25 +41,29 @@ class CheckpointConfig:
             raise ConfigError(f"must be >= 1 or null, got {self.every_n_steps}", "checkpoint.every_n_steps")
 
 
-def check_recipe_files(args: list[str]) -> None:
-    """Name the file when a recipe given by ``--config`` is not readable YAML (jsonargparse does not)."""
-    for i, arg in enumerate(args):
-        if arg in ("-c", "--config") and i + 1 < len(args):
-            path = args[i + 1]
-        elif arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-        else:
-            continue
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read recipe {path!r}: {e.strerror}", "--config") from None
-        try:
-            recipe = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"recipe {path!r} is not valid YAML: {e}", "--config") from None
-        if not isinstance(recipe, dict):
-            raise ConfigError(f"recipe {path!r} must be a mapping of keys, got {type(recipe).__name__}", "--config")
+def check_seed(seed: Any) -> None:
+    """``seed_everything``: true (a random seed), false/null (unseeded) or an integer NumPy accepts.
+
+    Raises:
+        ConfigError: another value (Lightning's seed_everything would raise inside the run).
+    """
+    if isinstance(seed, bool) or seed is None:
+        return
+    if not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
+        raise ConfigError(f"must be an integer in [0, {2**32 - 1}], true (a random seed) or false, got {seed!r}",
+                          "seed_everything")
+
+
+def check_nulls(cfg: Any, groups: dict[str, Any]) -> None:
+    """``null`` only where the class's argument allows it: jsonargparse lets a recipe's
+    ``key: null`` through for any type (``data.num_workers: null`` then failed inside the run).
+
+    Raises:
+        ConfigError: naming the key and the type it needs.
+    """
+    for group, cls in groups.items():
+        values = cfg[group].as_dict() if hasattr(cfg.get(group), "as_dict") else {}
+        check_types(cls, {k: v for k, v in values.items() if v is None}, group)
 
 
 def explain_parse_error(message: str, parser: Any) -> str:

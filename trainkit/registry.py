@@ -72,13 +72,35 @@ class Registry(Generic[T]):
             raise ConfigError(self.unknown_message(name))
         return self._entries[name]
 
-    def split_spec(self, spec: Any, key: str, skip: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
+    def resolve(self, name: Any, key: str, base: type | None = None) -> T:
+        """The entry ``name`` or, when ``base`` is given, a subclass of ``base`` by class path.
+
+        A dotted name that is not registered (``torch.optim.Adamax``, ``my_pkg.act.Swish``) is
+        imported with :func:`import_object` (current directory first) and must subclass ``base``.
+
+        Raises:
+            ConfigError: an unknown name, or a class path that cannot be imported or is not a
+                ``base``; attributed to ``key``.
+        """
+        what = _public_name(base) if base is not None else ""
+        if base is not None and isinstance(name, str) and name not in self._entries and "." in name:
+            obj = import_object(name, key)
+            if not (isinstance(obj, type) and issubclass(obj, base)):
+                raise ConfigError(f"{name!r} is not a {what} subclass", key)
+            return obj  # type: ignore[return-value]
+        try:
+            return self.get(name)
+        except ConfigError as e:
+            raise ConfigError(f"{e}{f' (or the class path of a {what})' if what else ''}", key) from None
+
+    def split_spec(self, spec: Any, key: str, skip: tuple[str, ...] = (), base: type | None = None) -> tuple[str, dict[str, Any]]:
         """``(name, keyword arguments)`` of a recipe spec: a name, or ``{name: ..., <arguments>}``.
 
         Args:
             spec: the recipe value.
             key: the recipe key, for error messages.
             skip: arguments trainkit fills in itself (invalid from recipes).
+            base: also accept a subclass of this by class path (see :meth:`resolve`).
 
         Raises:
             ConfigError: no or unknown name, or an argument the entry does not take.
@@ -90,7 +112,7 @@ class Registry(Generic[T]):
         else:
             raise ConfigError(f"a name or {{name: ..., <arguments>}}, got {spec!r}", key)
         try:
-            check_kwargs(self.get(name), kwargs, f"{self.kind} {name!r}", skip=skip)
+            check_kwargs(self.resolve(name, key, base), kwargs, f"{self.kind} {name!r}", skip=skip)
         except ConfigError as e:
             raise e.with_key(key) from None
         return name, kwargs
@@ -118,6 +140,21 @@ class Registry(Generic[T]):
         return len(self._entries)
 
 
+def _public_name(cls: type) -> str:
+    """``torch.nn.Module``, not ``torch.nn.modules.module.Module``: the shortest import path.
+
+    >>> import torch
+    >>> _public_name(torch.nn.Module)
+    'torch.nn.Module'
+    """
+    parts = cls.__module__.split(".")
+    for i in range(1, len(parts) + 1):
+        module = sys.modules.get(".".join(parts[:i]))
+        if module is not None and getattr(module, cls.__qualname__, None) is cls:
+            return f"{'.'.join(parts[:i])}.{cls.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], what: str, skip: tuple[str, ...] = ()) -> None:
     """Raise a :class:`ConfigError` if ``kwargs`` has a key that ``fn`` does not accept.
 
@@ -136,6 +173,20 @@ def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], what: str, skip
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{what} has no argument {key!r}{hint} (valid: {', '.join(valid)})")
+
+
+def import_from_cwd() -> str:
+    """Put the current directory first on ``sys.path``, as ``python -m`` does; returns it.
+
+    The ``trainkit`` console script starts with its own directory there instead, so without
+    this a user's ``my_pkg/`` beside the recipe would need ``PYTHONPATH=.``. The CLI calls it
+    before parsing, so class paths that jsonargparse imports (``trainer.callbacks``,
+    ``trainer.logger``) resolve the same way as trainkit's own.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    return cwd
 
 
 def import_object(path: str, key: str) -> Any:
@@ -163,9 +214,7 @@ def import_object(path: str, key: str) -> Any:
     module_name, _, attr = path.rpartition(".") if isinstance(path, str) else ("", "", "")
     if not module_name or not attr:
         raise ConfigError(f"a class path is package.module.Name, got {path!r}", key)
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
+    cwd = import_from_cwd()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:

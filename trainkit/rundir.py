@@ -132,8 +132,11 @@ class RunDir:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:  # a failed write (disk full) leaves no half file behind
+        tmp.unlink(missing_ok=True)
 
 
 def resolve_run_dir(run: RunConfig, recipe_path: str | None, stage: str) -> RunDir:

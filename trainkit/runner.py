@@ -30,6 +30,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasti
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from trainkit import safe_yaml
 from trainkit.callbacks.best import best_checkpoint, user_checkpoints
 from trainkit.callbacks.checkpointing import LastCheckpoint
 from trainkit.callbacks.curves import FitCurves
@@ -40,7 +41,7 @@ from trainkit.callbacks.rng import RNGState
 from trainkit.callbacks.throughput import Throughput, throughput_record
 from trainkit.callbacks.diagnostics import DiagnosticsConfig, diagnostics_callbacks
 from trainkit.callbacks.world import WorldRecord
-from trainkit.checkpoints import check_compatible, first_loadable, load_checkpoint
+from trainkit.checkpoints import check_compatible, first_loadable, load_checkpoint, resume_point
 from trainkit.data.datamodule import DataModule
 from trainkit.data.preview import augment_seed, pipelines_config, save_pipelines
 from trainkit import cli_help
@@ -50,17 +51,20 @@ from trainkit.errors import ConfigError
 from trainkit.evaluation import evaluation_plots
 from trainkit.loggers import CSV_FILE, RunCSVLogger, finish_wandb, start_wandb, wandb_logger, write_wandb_id
 from trainkit.metrics import METRIC_NAMES
-from trainkit.recipe import CheckpointConfig, check_recipe_files, explain_parse_error
+from trainkit.recipe import CheckpointConfig, check_nulls, check_seed, explain_parse_error
 from trainkit.module import Classifier
 from trainkit import gpu_defaults
 from trainkit.gpu_defaults import GPUConfig
 from trainkit.nn.compile import check_toolchain
 from trainkit.optim.scaling import check_lr_scaling
+from trainkit.preemption import PREEMPTION, Preempted
 from trainkit.predict import output_path, resolve_input, write_predictions
+from trainkit.registry import import_from_cwd
 from trainkit.rundir import RUN_DIR_ENV, RunConfig, RunDir, atomic_write_text, resolve_run_dir, resume_candidates
 from trainkit.run_recipe import (
     check_against_checkpoint, check_data_matches, describe_changes, record_changes, with_run_recipe,
 )
+from trainkit.runlock import RunLock, launcher_rank
 from trainkit.secrets import redact
 from trainkit.verdict import fit_report
 
@@ -84,10 +88,19 @@ class TrainkitCLI(LightningCLI):
         self.result: StageResult | None = None
         detach_run_log()  # this stage's records go to its own run dir once it is known
         self.run_stage = run_stage  # False: parse, check and build everything, run nothing
-        with warnings.catch_warnings():
-            # argv is given explicitly on purpose (the CLI passes sys.argv[1:], tests their own)
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            self._start(args)
+        self._stage = args[0] if args and args[0] in LightningCLI.subcommands() else None
+        self.lock: RunLock | None = None
+        try:
+            with warnings.catch_warnings():
+                # argv is given explicitly on purpose (the CLI passes sys.argv[1:], tests their own)
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+                self._start(args)
+        finally:
+            if self.lock is not None:
+                finish_wandb()  # W&B writes into the run dir until it finishes
+                self.lock.release()
+            if run_stage:
+                PREEMPTION.clear()  # a signal concerns the run it arrived in, not a next one in this process
 
     def _start(self, args: list[str]) -> None:
         super().__init__(
@@ -98,13 +111,22 @@ class TrainkitCLI(LightningCLI):
             args=args,
             auto_configure_optimizers=False,  # optimizers come from model.optimizer by name
             # no abbreviations: --trainer.max_epoch must not silently mean max_epochs
+            # recipes and values load with trainkit's safe loader (aliases on a budget: trainkit.safe_yaml)
             parser_kwargs={
                 "default_env": False,
                 "exit_on_error": False,
                 "allow_abbrev": False,
-                **{stage: {"allow_abbrev": False} for stage in self.subcommands()},
+                "parser_mode": safe_yaml.register(),
+                **{stage: {"allow_abbrev": False, "parser_mode": safe_yaml.MODE} for stage in self.subcommands()},
             },
         )
+
+    def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
+        """Only the stage this invocation runs. LightningCLI builds a parser per subcommand; all
+        four cost every command (and each parse-only check) ~60% of its start-up for three it
+        never uses. An unknown stage gets them all, so the error lists the valid ones."""
+        stages = LightningCLI.subcommands()
+        return {self._stage: stages[self._stage]} if self._stage else stages
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         ints_stay_ints(parser)
@@ -135,7 +157,8 @@ class TrainkitCLI(LightningCLI):
         if args and args[0] in EVALUATIONS:
             # `trainkit test --run.name N`: the run's own config.yaml is the recipe
             args = [args[0], *with_run_recipe(args[1:])[0]]
-        check_recipe_files(args)
+        safe_yaml.check_recipe_files(args)
+        import_from_cwd()  # class paths jsonargparse imports (trainer.callbacks, ...) as python -m would
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as e:
@@ -143,6 +166,9 @@ class TrainkitCLI(LightningCLI):
             raise ConfigError(explain_parse_error(str(e), stage_parser)) from None
         stage = self.config.subcommand
         cfg = self.config[stage]
+        check_seed(cfg.get("seed_everything"))
+        check_nulls(cfg, {"run": RunConfig, "checkpoint": CheckpointConfig, "model": Classifier, "data": DataModule,
+                          "trainer": Trainer})
         self.run_cfg = RunConfig(**cfg.run.as_dict())
         self.ckpt_cfg = CheckpointConfig(**cfg.checkpoint.as_dict())
         self.ensemble = check_ensemble(cfg.get("ensemble"), stage)
@@ -167,8 +193,10 @@ class TrainkitCLI(LightningCLI):
             ckpt = load_checkpoint(cfg.ckpt_path, "ckpt_path")  # refused or corrupt: exit 2 before anything runs
             self.ckpt_hparams = dict(ckpt.get("hyper_parameters") or {})
             self._check_evaluation(cfg.model.as_dict(), cfg.ckpt_path)
+        elif cfg.get("ckpt_path"):  # fit --ckpt_path: refused or corrupt, exit 2 before anything runs
+            load_checkpoint(cfg.ckpt_path, "ckpt_path")
         self.recipe_text = self._parser(stage).dump(cfg, skip_none=False)
-        recipe = yaml.safe_load(self.recipe_text)
+        recipe = safe_yaml.load_yaml(self.recipe_text, "the resolved recipe")
         if redact(recipe) != recipe:
             # config.yaml and the W&B config never hold credentials (see trainkit.secrets)
             self.recipe_text = yaml.safe_dump(redact(recipe), sort_keys=False)
@@ -238,8 +266,8 @@ class TrainkitCLI(LightningCLI):
         kwargs.setdefault("default_root_dir", str(self.run_dir.path))
         try:
             trainer = super().instantiate_trainer(**kwargs)
-        except (MisconfigurationException, ValueError) as e:
-            # e.g. more GPUs than the machine has, an unknown accelerator or strategy
+        except (MisconfigurationException, ValueError, TypeError) as e:
+            # e.g. more GPUs than the machine has, an unknown accelerator or strategy, devices: -1
             raise ConfigError(str(e), "trainer") from None
         check_toolchain(self.model.compile_spec, trainer.strategy.root_device)
         cores = os.cpu_count() or 1
@@ -274,7 +302,7 @@ class TrainkitCLI(LightningCLI):
             return []
         config = None
         if self.subcommand == "fit":
-            config = {**yaml.safe_load(self.recipe_text), "augment_pipelines": pipelines_config(self.datamodule)}
+            config = {**safe_yaml.load_yaml(self.recipe_text, "the resolved recipe"), "augment_pipelines": pipelines_config(self.datamodule)}
         loggers: list[Any] = [wandb_logger(self.subcommand, self.run_dir, config)]
         if self.subcommand == "fit":
             loggers.append(RunCSVLogger(self.run_dir.path / CSV_FILE))
@@ -291,6 +319,9 @@ class TrainkitCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         if not self.run_stage:
             return
+        if launcher_rank() == 0:
+            # before anything is written to the run dir; the job's other ranks never take it
+            self.lock = RunLock(self.run_dir.path).acquire()
         cfg = self.config_init[subcommand]
         if cfg.get("weights_only") is None:
             # checkpoints hold tensors and plain data only: never unpickle arbitrary objects
@@ -307,6 +338,8 @@ class TrainkitCLI(LightningCLI):
         if found:
             check_compatible(found[1], self.model, found[0], key)
             cfg["ckpt_path"] = str(found[0])
+            if self.trainer.is_global_zero:  # trainkit's own line: on the console (Lightning's go to the log file)
+                log.info("resuming from %s: training continues at %s", found[0], resume_point(found[1]))
         for logger in self.trainer.loggers:
             if isinstance(logger, RunCSVLogger):
                 # the history continues from the checkpoint's step; rows after it are dropped
@@ -335,12 +368,18 @@ class TrainkitCLI(LightningCLI):
                      ", ".join(f"model.{k}={v}" for k, v in self.eval_settings.items()))
 
     def fit(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
-        self.trainer.fit(model, datamodule=datamodule, **kwargs)
+        try:
+            self.trainer.fit(model, datamodule=datamodule, **kwargs)
+        except Preempted:
+            pass  # LastCheckpoint saved, flushed and requeued: the job continues from last.ckpt
         last = next(c for c in self.trainer.callbacks if isinstance(c, LastCheckpoint))
         if last.preempted:
             # the requeued job (or the next `fit` with resume: auto) continues from last.ckpt
             self.result = StageResult("fit", {}, self.run_dir.path, {"fit/preempted_at_step": self.trainer.global_step})
             return
+        if PREEMPTION.received and self.trainer.is_global_zero:
+            log.info("%s arrived after training ended: finishing the last steps (the final validation and "
+                     "metrics); nothing is left to requeue", PREEMPTION.name)
         best = self.best_checkpoint.best_model_path if self.best_checkpoint is not None else ""
         # before validate(): loading best.ckpt there restores the callbacks' states of that epoch
         report = fit_report(self.trainer, best, datamodule.num_classes)

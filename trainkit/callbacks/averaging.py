@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 from typing_extensions import override
 
+from trainkit.arguments import check_types
 from trainkit.errors import ConfigError
 
 RAW_KEY = "trainkit_raw_weights"
@@ -60,12 +61,14 @@ def check_averaging(ema: dict[str, Any] | None, swa: dict[str, Any] | None) -> N
         bad = set(ema) - {"decay", "warmup"}
         if bad:
             raise ConfigError(f"unknown key {sorted(bad)[0]!r} (valid: decay, warmup)", "model.ema")
+        check_types(WeightAveraging, ema, "model.ema")
         if not 0 <= float(ema.get("decay", 0.999)) < 1:
             raise ConfigError(f"must be in [0, 1), got {ema.get('decay')}", "model.ema.decay")
     if swa is not None:
         bad = set(swa) - {"start_epoch"}
         if bad:
             raise ConfigError(f"unknown key {sorted(bad)[0]!r} (valid: start_epoch)", "model.swa")
+        check_types(WeightAveraging, swa, "model.swa")
         if int(swa.get("start_epoch", 0)) < 0:
             raise ConfigError(f"must be >= 0, got {swa.get('start_epoch')}", "model.swa.start_epoch")
     if ema is not None and swa is not None:

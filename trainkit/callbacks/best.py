@@ -20,8 +20,11 @@ log = logging.getLogger(__name__)
 
 
 def best_checkpoint(checkpoints: Path, monitor: str, mode: str) -> ModelCheckpoint:
-    """trainkit's ``checkpoints/best.ckpt``: the top-1 checkpoint by ``monitor``."""
-    return ModelCheckpoint(
+    """trainkit's ``checkpoints/best.ckpt``: the top-1 checkpoint by ``monitor``, its state's
+    paths relative to ``checkpoints`` (the run dir may be moved or copied)."""
+    from trainkit.callbacks.checkpointing import BestCheckpoint
+
+    return BestCheckpoint(
         dirpath=checkpoints,
         filename="best",
         monitor=monitor,

@@ -51,7 +51,8 @@ class FitCurves(Callback):
         total, n = 0.0, 0
         try:
             for x, y in self._subset(trainer):
-                logits = pl_module(x.to(pl_module.device)).float()
+                # the model's dtype too: with trainer.precision 64-true or bf16-true it is not float32
+                logits = pl_module(x.to(pl_module.device, pl_module.dtype if x.is_floating_point() else x.dtype)).float()
                 total += float(F.cross_entropy(logits, y.to(pl_module.device), reduction="sum"))
                 n += len(y)
         finally:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import lightning.pytorch as pl
 import torch
@@ -14,42 +14,58 @@ KEY = "perf/train_samples_per_s"
 
 
 class Throughput(Callback):
-    """Training samples per second over all ranks, the first epoch of the fit excluded.
+    """Training samples per second over all ranks, in this process's steady state.
 
-    An epoch's time runs from its start to its last training batch (so validation and
-    checkpointing are not counted, data loading is). The first epoch pays for warm-up (worker
-    start, allocator, caches) and is left out, unless it is the only one.
+    Time is measured between training batches only, in *segments*: a segment runs from the end
+    of its first batch to the end of its last, so loader start-up (worker start, the skip to a
+    resumed position) and validation are outside it. A segment ends with the epoch or when
+    validation starts; the next batch starts a new one. No epoch-start hook is needed, which
+    matters after a resume: Lightning does not call ``on_train_epoch_start`` for an epoch it
+    resumes mid-way or at its end. The first segment of the process pays for warm-up
+    (allocator, caches) and is left out, unless it is the only one.
+
+    Args:
+        clock: seconds, monotonic (``time.perf_counter``); tests give a counter.
     """
 
-    def __init__(self) -> None:
-        self.first_epoch: int | None = None
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.segments: list[tuple[int, int, float]] = []  # (epoch, samples on this rank, seconds)
+        self._epoch: int | None = None  # epoch of the open segment; None: no segment open
         self._start = self._last = 0.0
         self._samples = 0
-        self.epochs: list[tuple[int, int, float]] = []  # (epoch, samples on this rank, seconds)
-
-    @override
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.first_epoch is None:
-            self.first_epoch = trainer.current_epoch
-        self._samples = 0
-        self._start = self._last = time.perf_counter()
+        self._world = 1
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        self._samples += len(x) if isinstance(x, torch.Tensor) else 0
-        self._last = time.perf_counter()
+        now = self.clock()
+        if self._epoch != trainer.current_epoch:
+            self._close()
+            self._epoch, self._start, self._samples = trainer.current_epoch, now, 0
+        else:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            self._samples += len(x) if isinstance(x, torch.Tensor) else 0
+        self._last, self._world = now, trainer.world_size
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close()
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._samples:
-            self.epochs.append((trainer.current_epoch, self._samples * trainer.world_size, self._last - self._start))
+        self._close()
+
+    def _close(self) -> None:
+        if self._epoch is not None and self._samples:
+            self.segments.append((self._epoch, self._samples * self._world, self._last - self._start))
+        self._epoch, self._samples = None, 0
 
     def samples_per_s(self) -> float | None:
-        """Global samples/s of the steady epochs (all epochs if only the first one ran)."""
-        steady = [e for e in self.epochs if e[0] != self.first_epoch] or self.epochs
-        seconds = sum(e[2] for e in steady)
-        return sum(e[1] for e in steady) / seconds if seconds > 0 else None
+        """Global samples/s of the steady segments (all of them if only one was measured)."""
+        self._close()
+        steady = self.segments[1:] or self.segments
+        seconds = sum(s[2] for s in steady)
+        return sum(s[1] for s in steady) / seconds if seconds > 0 else None
 
 
 def throughput_record(trainer: pl.Trainer) -> dict[str, float]:

@@ -25,6 +25,7 @@ import yaml
 
 from trainkit.errors import ConfigError
 from trainkit.optim.lr_range import SKIP_BEGIN, suggestions, unbiased
+from trainkit.safe_yaml import load_yaml
 
 PICKS = ("steepest", "min10")
 
@@ -80,7 +81,7 @@ def main(argv: Sequence[str]) -> int:
 
 def write_recipe(source: str | None, out: Path, lr: float, pick: str) -> None:
     """A copy of the recipe ``source`` with ``model.optimizer.lr`` set (comments are not kept)."""
-    recipe = yaml.safe_load(Path(source).read_text()) if source else {}
+    recipe = load_yaml(Path(source).read_text(), f"recipe {source!r}") if source else {}
     optimizer = recipe.setdefault("model", {}).setdefault("optimizer", {"name": "sgd"})
     optimizer["lr"] = float(f"{lr:.3g}")
     header = f"# {source or 'defaults'} with model.optimizer.lr from `trainkit lr-find` ({pick})\n"

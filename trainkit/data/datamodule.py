@@ -27,7 +27,7 @@ from trainkit.data.mixing import BatchMixer
 from trainkit.data.resolve import source_loader
 from trainkit.data.samples import ArrayImages, CheckedLoader, Collate, HostStandardized, SourceSamples, sampled_stats
 from trainkit.data.sources import kind_of
-from trainkit.data.splits import SPLITS, check_labels, kfold_split, stratified_split
+from trainkit.data.splits import SPLITS, check_inputs, check_labels, kfold_split, stratified_split
 from trainkit.data.stats import Standardize, given_stats, standardization_stats
 from trainkit.data.tables import Table
 from trainkit.errors import ConfigError
@@ -42,6 +42,7 @@ class _DropLastMemoryLoader(MemoryLoader):
 
     def __len__(self) -> int:
         return len(self.sampler) // self.batch_size
+
 
 
 class DataModule(pl.LightningDataModule):
@@ -215,6 +216,7 @@ class DataModule(pl.LightningDataModule):
             return setup_streaming(self)
         data = self.data
         check_labels(data, self.dataset_name)
+        check_inputs(data, self.dataset_name, "data.root" if self.dataset_name == "image_folder" else "data.dataset")
         self._check_data_options(data)
         idx = self._split(data.y, own_test=data.test is not None)
         y = np.random.default_rng(self.split_seed).permutation(data.y) if self.permute_labels else data.y

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
+from trainkit.arguments import check_types
 from trainkit.data.datasets import DATASETS
 from trainkit.data.user import is_class_path, load_user_dataset
 from trainkit.errors import ConfigError
@@ -30,6 +31,7 @@ def source_loader(dataset: str, dataset_args: dict[str, Any] | None, root: str |
         raise ConfigError(f"{e} (or the class path of your own Dataset, my_pkg.data.Pets)", "data.dataset") from None
     try:
         check_kwargs(loader, load_args, f"dataset {dataset!r}", skip=("root", "download"))
+        check_types(loader, load_args, "data.dataset_args")
     except ConfigError as e:
         raise e.with_key("data.dataset_args") from None
     for key, value in (("root", root), ("download", download)):

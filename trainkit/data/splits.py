@@ -75,3 +75,15 @@ def check_labels(data: Any, name: str) -> None:
                 f"{name}: label {bad[0].item()!r} is out of range; labels must be integers in [0, {len(data.classes)})",
                 "data.dataset",
             )
+
+def check_inputs(data: Any, name: str, key: str) -> None:
+    """At least two classes with samples, and finite inputs (where they are in memory)."""
+    present = np.unique(data.y) if len(data.y) else np.array([], dtype=np.int64)
+    if len(data.classes) < 2 or len(present) < 2:
+        found = ", ".join(repr(data.classes[int(c)]) for c in present[:3]) or "none"
+        raise ConfigError(f"{name}: a classifier needs at least 2 classes with samples, found {len(present)} ({found})", key)
+    for part, label in ((data, "input"), (data.test, "test input")):
+        x = getattr(part, "x", None)
+        if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            row = int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0][0])
+            raise ConfigError(f"{name}: {label} {row} holds NaN or infinite values (inputs must be finite)", key)

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from trainkit.arguments import call_checked, check_types
 from trainkit.errors import ConfigError
 from trainkit.registry import Registry, check_kwargs
 
@@ -58,16 +59,18 @@ def build_arch(
     from trainkit.nn.regularize import set_dropout
 
     factory, implied = resolve_arch(name)
-    args = {**implied, **(arch_args or {})}
+    user = dict(arch_args or {})
     try:
-        check_kwargs(factory, args, f"architecture {name!r}", skip=BUILT_IN)
+        check_kwargs(factory, {**implied, **user}, f"architecture {name!r}", skip=BUILT_IN)
+        check_types(factory, user, "model.arch_args")
     except ConfigError as e:
         raise e.with_key("model.arch_args") from None
     accepted = inspect.signature(factory).parameters
     given = {"num_classes": num_classes, "input_shape": tuple(input_shape), "activation": activation, "norm": norm,
              "dropout": dropout}
-    args.update({k: v for k, v in given.items() if k in accepted and v is not None})
-    net = factory(**args)
+    fixed = {**implied, **{k: v for k, v in given.items() if k in accepted and v is not None}}
+    # a value the architecture refuses (ValueError, ...) is bad input naming model.arch_args.<key>
+    net = call_checked(factory, user, "model.arch_args", f"architecture {name!r}", fixed=fixed)
     if not isinstance(net, nn.Module):
         raise ConfigError(f"{name!r} built a {type(net).__name__}, not a torch.nn.Module", "model.arch")
     if norm is not None and "norm" not in accepted:

@@ -1,7 +1,10 @@
 """Activation functions by name (``model.activation``), and the init gain each one implies.
 
 A recipe names an activation by a string (``activation: tanh``) or by a mapping with its
-arguments (``activation: {name: leaky_relu, negative_slope: 0.1}``).
+arguments (``activation: {name: leaky_relu, negative_slope: 0.1}``). The name may also be the
+class path of any ``nn.Module`` (``torch.nn.Hardswish``, ``{name: torch.nn.Hardtanh, min_val: -2}``,
+a user's ``my_pkg.act.Swish``); its arguments are checked against its signature and it is
+built once when the recipe is read.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainkit.errors import ConfigError
-from trainkit.registry import Registry, check_kwargs
+from trainkit.arguments import call_checked, check_types
+from trainkit.registry import Registry
 
 ActivationSpec = Union[str, dict[str, Any]]
 KEY = "model.activation"
@@ -30,16 +33,30 @@ ACTIVATIONS.register("leaky_relu", nn.LeakyReLU, description="x for x > 0, negat
 ACTIVATIONS.register("prelu", nn.PReLU, description="leaky ReLU whose slope is learned (init, num_parameters)")
 
 
+def activation_class(name: str) -> type[nn.Module]:
+    """The activation registered as ``name``, or the ``nn.Module`` subclass at class path ``name``.
+
+    Raises:
+        ConfigError: an unknown name, or a class path that is not an nn.Module subclass.
+    """
+    return ACTIVATIONS.resolve(name, KEY, nn.Module)
+
+
 def split_spec(spec: ActivationSpec) -> tuple[str, dict[str, Any]]:
-    """``(name, keyword arguments)`` of an activation spec, validated.
+    """``(name, keyword arguments)`` of an activation spec, validated (the module is built once).
 
     >>> split_spec({"name": "leaky_relu", "negative_slope": 0.1})
     ('leaky_relu', {'negative_slope': 0.1})
 
     Raises:
-        ConfigError: no or unknown name, or an argument the activation does not take.
+        ConfigError: no or unknown name, an argument the activation does not take, or a value
+            it refuses.
     """
-    return ACTIVATIONS.split_spec(spec, KEY, skip=("inplace",))
+    name, kwargs = ACTIVATIONS.split_spec(spec, KEY, skip=("inplace",), base=nn.Module)
+    cls = activation_class(name)
+    check_types(cls, kwargs, KEY)
+    call_checked(cls, kwargs, KEY, f"activation {name!r}")
+    return name, kwargs
 
 
 def make_activation(spec: ActivationSpec) -> nn.Module:
@@ -49,7 +66,7 @@ def make_activation(spec: ActivationSpec) -> nn.Module:
         ConfigError: unknown name or argument, attributed to ``model.activation``.
     """
     name, kwargs = split_spec(spec)
-    return ACTIVATIONS.get(name)(**kwargs)
+    return activation_class(name)(**kwargs)
 
 
 def _second_moment_gain(fn: Any) -> float:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils import parametrize
 
+from trainkit.arguments import call_checked, check_types
 from trainkit.errors import ConfigError
 from trainkit.nn.norm import is_norm
 from trainkit.registry import Registry, check_kwargs
@@ -123,7 +124,11 @@ def orthogonal(w: Tensor, act_gain: float, gain: float | None = None) -> Tensor:
 @INIT_SCHEMES.register("lsuv")
 def lsuv(w: Tensor, act_gain: float, tol: float = 0.02, max_iters: int = 10, batch_size: int = 256) -> Tensor:
     """Mishkin & Matas 2015: orthogonal, then each layer rescaled to unit output variance on data"""
-    # the data pass (lsuv_) runs when the trainer has data, on rank 0; here only the pre-init
+    # the data pass (lsuv_) runs when the trainer has data, on rank 0; here only the pre-init,
+    # and the checks of the data pass's arguments (so they fail when the recipe is read)
+    for name, value, low in (("tol", tol, "> 0"), ("max_iters", max_iters, ">= 1"), ("batch_size", batch_size, ">= 1")):
+        if not (value > 0 if low == "> 0" else value >= 1):
+            raise ConfigError(f"must be {low}, got {value!r}", f"{KEY}.{name}")
     return nn.init.orthogonal_(w)
 
 
@@ -144,12 +149,20 @@ def split_spec(spec: dict[str, Any]) -> tuple[str, dict[str, Any], bool]:
     kwargs = {k: v for k, v in spec.items() if k not in ("scheme", "zero_init_last")}
     name = spec["scheme"]
     try:
-        check_kwargs(INIT_SCHEMES.get(name), kwargs, f"init scheme {name!r}", skip=("w", "act_gain"))
+        scheme = INIT_SCHEMES.get(name)
+        check_kwargs(scheme, kwargs, f"init scheme {name!r}", skip=("w", "act_gain"))
+        check_types(scheme, kwargs, KEY)
     except ConfigError as e:
         raise e.with_key(KEY) from None
-    if name == "checkpoint" and not kwargs.get("path"):
-        raise ConfigError("the checkpoint scheme needs a path", f"{KEY}.path")
-    return name, kwargs, bool(spec.get("zero_init_last", False))
+    if name == "checkpoint":
+        if not kwargs.get("path"):
+            raise ConfigError("the checkpoint scheme needs a path", f"{KEY}.path")
+    else:  # draw a dummy weight: the scheme's own checks (std >= 0, a < b, ...) refuse bad values now
+        call_checked(scheme, kwargs, KEY, f"init scheme {name!r}", args=(torch.empty(4, 4), 1.0))
+    zero_last = spec.get("zero_init_last", False)
+    if not isinstance(zero_last, bool):
+        raise ConfigError(f"must be true or false, got {zero_last!r}", f"{KEY}.zero_init_last")
+    return name, kwargs, zero_last
 
 
 @torch.no_grad()
@@ -261,10 +274,9 @@ def load_weights(model: nn.Module, path: str, strict: bool = True, new_head: boo
     Raises:
         ConfigError: unreadable file, or (strict) missing, unexpected or mis-shaped weights.
     """
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as e:
-        raise ConfigError(f"cannot load weights from {path!r}: {e}", f"{KEY}.path") from None
+    from trainkit.checkpoints import safe_load
+
+    saved = safe_load(path, f"{KEY}.path")
     state = saved.get("state_dict", saved) if isinstance(saved, dict) else None
     if not isinstance(state, dict):
         raise ConfigError(f"{path!r} holds no state_dict", f"{KEY}.path")

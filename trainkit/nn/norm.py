@@ -14,7 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrizations, parametrize
 
 from trainkit.errors import ConfigError
-from trainkit.registry import Registry, check_kwargs
+from trainkit.registry import Registry
 
 NormSpec = Union[str, dict[str, Any]]
 KEY = "model.norm"

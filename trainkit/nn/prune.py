@@ -28,12 +28,14 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 from typing_extensions import override
 
+from trainkit.arguments import check_types
 from trainkit.errors import ConfigError
 from trainkit.nn.init import WEIGHTED
 
 KEY = "model.prune"
 SCOPES = ("global", "layer")
 DEFAULTS: dict[str, Any] = {"sparsity": 0.5, "scope": "global", "epochs": [0], "rounds": 1, "rewind_epoch": 0}
+TYPES = {"sparsity": float, "scope": str, "epochs": list[int], "rounds": int, "rewind_epoch": int}
 
 
 def check_prune(spec: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -48,6 +50,7 @@ def check_prune(spec: dict[str, Any] | None) -> dict[str, Any] | None:
         if key not in DEFAULTS:
             raise ConfigError(f"unknown key {key!r} (valid: {', '.join(DEFAULTS)})", KEY)
     out = {**DEFAULTS, **spec}
+    check_types(TYPES, out, KEY)
     if not 0 <= out["sparsity"] < 1:
         raise ConfigError(f"must be in [0, 1), got {out['sparsity']}", f"{KEY}.sparsity")
     if out["scope"] not in SCOPES:

@@ -26,7 +26,7 @@ from torch.nn.utils import parametrize
 
 from trainkit.errors import ConfigError
 from trainkit.nn.norm import is_norm
-from trainkit.optim.optimizers import OPTIMIZERS, build_optimizer, check_optimizer
+from trainkit.optim.optimizers import build_optimizer, check_optimizer, optimizer_class
 
 KEY = "model.regularization"
 MODES = ("optimizer", "coupled", "decoupled")
@@ -144,7 +144,7 @@ def check_dropout(rate: float | None) -> None:
 
 
 def _default_weight_decay(name: str) -> float:
-    param = inspect.signature(OPTIMIZERS.get(name)).parameters.get("weight_decay")
+    param = inspect.signature(optimizer_class(name)).parameters.get("weight_decay")
     return float(param.default) if param is not None and isinstance(param.default, (int, float)) else 0.0
 
 
@@ -191,7 +191,7 @@ def make_optimizer(
     reg = check_regularization(regularization)
     name, kwargs = check_optimizer(optimizer_spec)
     wd = float(kwargs.get("weight_decay", _default_weight_decay(name)))
-    lr = kwargs.get("lr", inspect.signature(OPTIMIZERS.get(name)).parameters["lr"].default if lr_mult else None)
+    lr = kwargs.get("lr", inspect.signature(optimizer_class(name)).parameters["lr"].default if lr_mult else None)
     groups = param_groups(model, wd, reg["no_decay_bias_norm"], lr_mult, lr, include_frozen)
     if reg["weight_decay_mode"] == "optimizer":
         return build_optimizer(groups, optimizer_spec)

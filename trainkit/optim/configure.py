@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import LambdaLR, LinearLR, ReduceLROnPlateau
 
+from trainkit.arguments import call_checked, check_types
 from trainkit.errors import ConfigError
 from trainkit.optim.ramp import StepClock, ramped_batches
 from trainkit.optim.scaling import check_lr_scaling, global_batch, plan
@@ -55,18 +56,38 @@ def check_schedule(spec: dict[str, Any] | None) -> dict[str, Any]:
             if bad:
                 raise ConfigError(f"schedule 'plateau' has no argument {bad[0]!r} (valid: {', '.join(PLATEAU_ARGS)})")
             _check_monitor(args.get("monitor", "val/loss"))
+            torch_args = {k: v for k, v in args.items() if k != "monitor"}
+            check_types(ReduceLROnPlateau, torch_args, KEY)
+            dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+            call_checked(ReduceLROnPlateau, torch_args, KEY, "schedule 'plateau' (torch's ReduceLROnPlateau)", args=(dummy,))
         else:
             check_kwargs(factory, args, f"schedule {name!r}")
             params = inspect.signature(factory).parameters.values()
             missing = [p.name for p in params if p.default is p.empty and p.name != "total" and p.name not in args]
             if missing:
                 raise ConfigError(f"schedule {name!r} needs {', '.join(map(repr, missing))}")
-            # build once with a placeholder length: bad values (step_size: 0, ...) fail now
+            check_types(factory, args, KEY)
+            # build once with a placeholder length: bad values (step_size: 0, gamma: -1) fail now
             needs_total = "total" in inspect.signature(factory).parameters and "total" not in args
-            factory(**args, **({"total": 1.0} if needs_total else {}))
+            call_checked(factory, args, KEY, f"schedule {name!r}", fixed={"total": 1.0} if needs_total else None,
+                         call=_factor_stays_valid)
     except ConfigError as e:
         raise e.with_key(KEY) from None
     return spec
+
+
+def _factor_stays_valid(factory: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Build the schedule and evaluate it over a span of time: its factor must stay finite and
+    >= 0 (a negative gamma or end_factor would give a negative lr, which torch does not refuse)."""
+    factor = factory(*args, **kwargs)
+    numbers = [abs(v) for v in kwargs.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    numbers += [abs(x) for v in kwargs.values() if isinstance(v, (list, tuple)) for x in v if isinstance(x, (int, float))]
+    horizon = 2.0 * max([1.0, *numbers])
+    for i in range(101):
+        t = horizon * i / 100
+        value = factor(t)
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"the lr factor at t={t:g} would be {value:.4g}; it must stay finite and >= 0")
 
 
 def _check_monitor(monitor: str) -> None:

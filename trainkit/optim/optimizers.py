@@ -2,7 +2,14 @@
 
 Every key besides ``name`` is a keyword argument of the optimizer; unknown keys are errors
 before anything runs. torch's own optimizers come first; lookahead, ranger, lars, lamb and
-lion come from the pytorch-optimizer package rather than being written here by hand.
+lion come from the pytorch-optimizer package rather than being written here by hand. ``name``
+may also be the class path of any ``torch.optim.Optimizer`` (``torch.optim.Adamax``, a user's
+``my_pkg.optim.MyOpt``), imported as ``python -m`` would.
+
+The arguments are checked when the recipe is read (:func:`check_optimizer`): against the
+class's signature and annotations, and by building the optimizer once on a dummy parameter
+and taking a step, so its own range checks (``momentum >= 0``, ``betas`` in [0, 1), nesterov
+needs momentum, ...) refuse bad values with exit code 2 naming the key, not at the first step.
 
 ``lookahead`` wraps any other optimizer: ``{name: lookahead, base: adamw, k: 5, alpha: 0.5,
 lr: 1.0e-3, <base's arguments>}``.
@@ -16,6 +23,7 @@ from typing import Any, Callable, Iterable
 import pytorch_optimizer as po
 import torch
 
+from trainkit.arguments import call_checked, check_types
 from trainkit.errors import ConfigError
 from trainkit.registry import Registry, check_kwargs
 
@@ -38,7 +46,7 @@ LOOKAHEAD_ARGS = ("k", "alpha", "pullback_momentum")
 @OPTIMIZERS.register("lookahead")
 def lookahead(params: Iterable[Any], base: str = "sgd", k: int = 5, alpha: float = 0.5, pullback_momentum: str = "none", **base_kwargs: Any) -> torch.optim.Optimizer:
     """Lookahead (Zhang et al. 2019) around any optimizer `base`: slow weights every k steps (pytorch-optimizer)."""
-    inner = OPTIMIZERS.get(base)(params, **base_kwargs)
+    inner = optimizer_class(base, f"{KEY}.base")(params, **base_kwargs)
     return po.Lookahead(inner, k=k, alpha=alpha, pullback_momentum=pullback_momentum)
 
 
@@ -61,33 +69,62 @@ def _named_params(fn: Callable[..., Any]) -> Callable[..., Any]:
     return stub
 
 
+# what is valid, where the optimizer's own message says only "Invalid ... value"
+VALID = {
+    "lr": "a number >= 0", "momentum": "a number >= 0", "weight_decay": "a number >= 0", "eps": "a number >= 0",
+    "dampening": "a number", "betas": "numbers in [0, 1)", "alpha": "a number >= 0", "k": "an integer >= 1",
+}
+# implementation switches (kernels per device): checked by type only, the dummy is on the CPU
+IMPLEMENTATION = ("fused", "foreach", "capturable", "differentiable")
+
+
+def optimizer_class(name: str, key: str = f"{KEY}.name") -> Callable[..., torch.optim.Optimizer]:
+    """The optimizer registered as ``name``, or the ``torch.optim.Optimizer`` at class path ``name``.
+
+    Raises:
+        ConfigError: an unknown name, or a class path that is not an Optimizer subclass.
+    """
+    return OPTIMIZERS.resolve(name, key, torch.optim.Optimizer)
+
+
+def _step_once(cls: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Build the optimizer on a dummy parameter and step it: what the run will do first."""
+    param = torch.nn.Parameter(torch.ones(2, 2))
+    param.grad = torch.full((2, 2), 0.5)
+    cls([param], **{k: v for k, v in kwargs.items() if k not in IMPLEMENTATION}).step()
+
+
 def check_optimizer(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Validate an optimizer spec and split it into (name, keyword arguments).
 
     Raises:
-        ConfigError: no or unknown ``name``, an argument the optimizer does not take, or a
-            learning rate that is negative or not finite.
+        ConfigError: no or unknown ``name``, an argument the optimizer does not take, a value
+            of the wrong type, or one the optimizer refuses (the message names the key).
     """
     if not isinstance(spec, dict) or "name" not in spec:
-        raise ConfigError(f"needs a 'name' (one of: {', '.join(OPTIMIZERS.names())}), got {spec!r}", KEY)
+        raise ConfigError(f"needs a 'name' (one of: {', '.join(OPTIMIZERS.names())}, or a class path), got {spec!r}", KEY)
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     name = spec["name"]
+    cls = optimizer_class(name)
     try:
-        cls = OPTIMIZERS.get(name)
         if name == "lookahead":
             base = kwargs.get("base", "sgd")
             if base == "lookahead":
                 raise ConfigError("lookahead cannot wrap lookahead", f"{KEY}.base")
-            base_cls = OPTIMIZERS.get(base)
+            base_cls = optimizer_class(base, f"{KEY}.base")
             base_kwargs = {k: v for k, v in kwargs.items() if k not in (*LOOKAHEAD_ARGS, "base")}
             check_kwargs(_named_params(base_cls), base_kwargs, f"optimizer {base!r} (lookahead's base)", skip=("params",))
+            check_types(base_cls, base_kwargs, KEY)
+            check_types(po.Lookahead, {k: v for k, v in kwargs.items() if k in LOOKAHEAD_ARGS}, KEY)
         else:
             check_kwargs(_named_params(cls), kwargs, f"optimizer {name!r}", skip=("params",))
+            check_types(cls, kwargs, KEY)
     except ConfigError as e:
         raise e.with_key(KEY) from None
     lr = kwargs.get("lr", 1e-3)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 <= lr < float("inf")):
         raise ConfigError(f"lr must be a finite number >= 0, got {lr!r}", f"{KEY}.lr")
+    call_checked(cls, kwargs, KEY, f"optimizer {name!r}", hints=VALID, call=_step_once)
     return name, kwargs
 
 
@@ -112,4 +149,4 @@ def build_optimizer(params: Iterable[Any], spec: dict[str, Any]) -> torch.optim.
     name, kwargs = check_optimizer(spec)
     params = list(params)
     first = params[0]["params"][0] if isinstance(params[0], dict) else params[0]
-    return OPTIMIZERS.get(name)(params, **implementation_defaults(name, kwargs, first.device))
+    return optimizer_class(name)(params, **implementation_defaults(name, kwargs, first.device))

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from trainkit.rundir import atomic_write_text
+from trainkit.safe_yaml import load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def best_trial(study: Any) -> Any | None:
 def best_recipe(trial_dir: Path, root: str, experiment: str) -> str:
     """The best trial's resolved recipe as a complete recipe file: ``trainkit fit --config best.yaml``
     trains the same model again (same seed, same values), in a new run of ``experiment``."""
-    recipe = yaml.safe_load((trial_dir / "config.yaml").read_text())
+    recipe = load_yaml((trial_dir / "config.yaml").read_text(), f"{trial_dir / 'config.yaml'}")
     recipe["run"] = {**recipe.get("run", {}), "root": root, "experiment": experiment, "name": None, "resume": "auto"}
     header = f"# best trial of a trainkit sweep: {trial_dir}\n"
     return header + yaml.safe_dump(recipe, sort_keys=False)

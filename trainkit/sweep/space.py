@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from trainkit.errors import ConfigError
+from trainkit.safe_yaml import load_yaml
 
 KINDS = ("choice", "uniform", "loguniform", "int")
 
@@ -102,11 +103,10 @@ def load_space(path: str | Path) -> list[Param]:
         ConfigError: unreadable file, bad YAML or a bad space.
     """
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        text = Path(path).read_text()
     except OSError as e:
         raise ConfigError(f"cannot read space file {str(path)!r}: {e.strerror}", "--space") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"space file {str(path)!r} is not valid YAML: {e}", "--space") from None
+    raw = load_yaml(text, f"space file {str(path)!r}", "--space")
     return parse_space(raw, f"space file {str(path)!r}")
 
 
