@@ -44,6 +44,24 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         del os.environ[var]
 
 
+def recipe_data_root(data: dict, tmp: Path) -> str | None:
+    """A shipped recipe's ``data.root`` made usable from a test's directory: a shipped file
+    (recipes/data/...) is relative to the repository; an image folder is generated in ``tmp``
+    (mixed sizes, the recipe's pipeline ends in its size; a training split > one batch)."""
+    if data.get("dataset") == "image_folder":
+        import cv2
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        for c in ("cats", "dogs"):
+            (tmp / "images" / c).mkdir(parents=True, exist_ok=True)
+            for i in range(50):
+                cv2.imwrite(str(tmp / "images" / c / f"{i}.jpg"), rng.integers(0, 256, (40 + i % 12, 50, 3), dtype=np.uint8))
+        return str(tmp / "images")
+    root = data.get("root")
+    return str(ROOT / root) if root and not Path(root).is_absolute() else None
+
+
 def trainkit(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the real ``trainkit`` console script of this environment."""
     exe = Path(sys.executable).with_name("trainkit")

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 import yaml
-from conftest import RECIPES
+from conftest import RECIPES, recipe_data_root
 
 from trainkit.errors import ConfigError
 from trainkit.runner import TrainkitCLI
@@ -59,7 +59,15 @@ def outcome(recipe: dict) -> str:
 
 
 def recipes() -> dict[str, dict]:
-    return {p.stem: load_yaml(p.read_text(), str(p)) for p in RECIPES}
+    """The shipped recipes, their data.root usable from the test's directory."""
+    out = {}
+    for p in RECIPES:
+        recipe = load_yaml(p.read_text(), str(p))
+        root = recipe_data_root(recipe.get("data") or {}, Path("data-root"))
+        if root:
+            recipe["data"]["root"] = root
+        out[p.stem] = recipe
+    return out
 
 
 def plan(every_value: bool) -> dict[str, list[tuple[Path_, Any]]]:

@@ -79,6 +79,6 @@ def test_sigterm_on_one_ddp_rank_stops_both_at_the_same_step_and_last_ckpt_resum
     assert stopped[0] == stopped[1] == ckpt["global_step"] in (6, 7), stopped
     assert not (run / "metrics.json").exists(), "stopped, not finished"
     resumed = torchrun("term", "--trainer.max_epochs=3")  # the same run dir: resume: auto
-    assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
+    assert "resuming from runs/digits_mlp/torchrun-term/checkpoints/last.ckpt" in resumed.stdout + resumed.stderr
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3 * 20
     assert json.loads((run / "metrics.json").read_text())["val/acc"] > 0.5

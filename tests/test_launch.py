@@ -66,7 +66,8 @@ def test_rendered_sbatch_runs_trainkit_through_the_launching_interpreter(capsys,
     got = subprocess.run(["env", "-u", "OMP_NUM_THREADS", f"PATH={BARE_PATH}", "SLURM_CPUS_PER_TASK=2", "bash", str(probe)],
                          capture_output=True, text=True)
     assert got.stdout.splitlines() == [sys.executable, "-m", "trainkit", "2"], got.stderr
-    assert srun.startswith('"${RUN[@]}" fit --config "$RECIPE"')
+    # the task starts with SIGUSR1 held until trainkit's handler is in (tests/test_slurm.py)
+    assert srun.startswith('"${HOLD_USR1[@]}" "${RUN[@]}" fit --config "$RECIPE"')
 
 
 def test_key_value_overrides_are_accepted_as_lightningcli_takes_them(capsys):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import QUIET, RECIPES, ROOT
+from conftest import QUIET, RECIPES, recipe_data_root
 
 from trainkit.cli import main
 
@@ -28,21 +28,9 @@ CASES = [pytest.param(r, v, id=r.name + ("+normal" if v else ""), marks=[pytest.
 
 
 def data_root(recipe: Path, tmp: Path) -> list[str]:
-    """The recipe's data.root made to work from the test's directory: a shipped file
-    (recipes/data/...) is relative to the repository; an image folder is generated."""
-    data = yaml.safe_load(recipe.read_text()).get("data") or {}
-    if data.get("dataset") == "image_folder":
-        import cv2
-        import numpy as np
-
-        rng = np.random.default_rng(0)
-        for c in ("cats", "dogs"):
-            (tmp / "images" / c).mkdir(parents=True)
-            for i in range(50):  # mixed sizes (the recipe's pipeline ends in its size); a training split > one batch
-                cv2.imwrite(str(tmp / "images" / c / f"{i}.jpg"), rng.integers(0, 256, (40 + i % 12, 50, 3), dtype=np.uint8))
-        return [f"--data.root={tmp / 'images'}"]
-    root = data.get("root")
-    return [f"--data.root={ROOT / root}"] if root and not Path(root).is_absolute() else []
+    """``--data.root`` for the recipe run from the test's directory (conftest.recipe_data_root)."""
+    root = recipe_data_root(yaml.safe_load(recipe.read_text()).get("data") or {}, tmp)
+    return [f"--data.root={root}"] if root else []
 
 
 @pytest.mark.parametrize("recipe, extra", CASES)

@@ -82,7 +82,7 @@ def assert_resumed_as_uninterrupted(cluster: Cluster, job: str, epochs: int) -> 
     assert len(records["ids"]) == 1 and len(records["files"]) == 2, "one W&B run, continued by the requeued job"
     # W&B was flushed before the requeue: every epoch's validation once, every logged step once
     val_epochs = sorted(row["epoch"] for row in records["history"] if "val/acc" in row)
-    assert val_epochs == list(range(epochs + 1)), val_epochs  # the last: fit's validation of best.ckpt
+    assert val_epochs == list(range(epochs)), val_epochs  # fit's validation of best.ckpt is best/val/*
     steps = sorted(row["trainer/global_step"] for row in records["history"] if "train/loss_step" in row)
     assert steps == list(range(steps[0], epochs * STEPS, 10)) and steps[0] < 10, steps
     return out

@@ -248,15 +248,16 @@ def test_fit_from_local_shards_with_the_recipes_defaults(digits_packed, capsys):
 
     # the recipe as users run it: W&B offline, 2 workers, progress bar on
     args = ["fit", "--config", str(DEFAULT_RECIPE), "--data.dataset=streaming", f"--data.root={digits_packed}",
-            "--trainer.max_epochs=1", "--run.name=streamed"]
+            "--trainer.max_epochs=3", "--run.name=streamed"]
     assert main(args) == 0, capsys.readouterr().err[-3000:]
     run = Path("runs/digits_mlp/streamed")
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["val/acc"] >= 0.7, metrics  # chance is 0.1; digits reach ~0.9 in one epoch
-    assert metrics["fit/epochs"] == 1
+    # chance is 0.1; three epochs reach 0.96 (one epoch, mostly warmup, ranged 0.23-0.74 by pack)
+    assert metrics["val/acc"] >= 0.85, metrics
+    assert metrics["fit/epochs"] == 3
     last = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
     state = last["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
-    assert (state["epoch"], state["batches"]) == (0, 20), "the loader's position is in the checkpoint"  # 1259 / 64
+    assert (state["epoch"], state["batches"]) == (2, 20), "the loader's position is in the checkpoint"  # 1259 / 64
     assert read_run(run)["files"], "an offline W&B run in the run dir"
     recipe = yaml.safe_load((run / "config.yaml").read_text())
     assert recipe["data"]["dataset"] == "streaming" and recipe["data"]["root"] == str(digits_packed)
@@ -278,7 +279,7 @@ def test_kill_minus_9_mid_epoch_and_relaunch_from_local_shards_ends_bitwise_equa
     kill_when([exe, "fit", *exact, "--run.name=cut"], cut, lambda c: 20 < c["global_step"] < 40 and c["global_step"] % 20)
     resumed = subprocess.run([exe, "fit", *exact, "--run.name=cut"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Restoring states from the checkpoint path" in resumed.stderr + resumed.stdout
+    assert "resuming from" in resumed.stderr + resumed.stdout
     assert torch.load(cut, weights_only=True)["global_step"] == 40
     assert_same_weights(Path("runs/digits_mlp/full/checkpoints/last.ckpt"), cut)
 

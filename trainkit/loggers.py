@@ -76,7 +76,8 @@ class RunCSVLogger(Logger):
     @override
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        row = {k: float(v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}
+        # counters (epoch) stay integers; every other value is a float
+        row = {k: v if isinstance(v, int) else float(v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}
         row["step"] = step if step is not None else len(self._rows)
         self._rows.append(row)
 

@@ -33,14 +33,14 @@ def registries() -> dict[str, Callable[[], object]]:
     return {kind: loader(*where) for kind, where in REGISTRIES.items()}
 
 
-def command_options(parser: "argparse.ArgumentParser", argv: Sequence[str]) -> tuple[Any, list[str]] | None:
+def command_options(parser: "argparse.ArgumentParser", argv: Sequence[str]) -> tuple[Any, list[str]]:
     """A trainkit command's own options, and the rest (recipe and overrides) it passes on to the
-    recipe parser; ``None`` after printing the help for ``-h``/``--help``."""
+    recipe parser. ``-h``/``--help`` prints the help and exits 0 (``SystemExit``, as argparse)."""
     argv = list(argv)
     if any(a in ("-h", "--help") for a in argv):
         parser.print_help()
         print("\nRecipe options: see `trainkit fit --help`.")
-        return None
+        raise SystemExit(0)
     return parser.parse_known_args(argv)
 
 

@@ -59,10 +59,7 @@ def main(argv: Sequence[str]) -> int:
     from trainkit.commands.common import command_options
     from trainkit.run_recipe import with_run_recipe, without_option
 
-    parsed = command_options(_parser(), argv)
-    if parsed is None:
-        return 0
-    opts, rest = parsed
+    opts, rest = command_options(_parser(), argv)
     if opts.overfit_steps < 10 or opts.sweep_steps < 20:
         raise ConfigError(f"need --overfit-steps >= 10 and --sweep-steps >= 20, got {opts.overfit_steps} and {opts.sweep_steps}", "doctor")
     # `doctor --run.name N`: the checks of run N's recipe, in a doctor run dir beside it

@@ -48,10 +48,7 @@ def main(argv: Sequence[str]) -> int:
     """Run the range test; prints both suggestions and the run dir. Returns the exit code."""
     from trainkit.commands.common import command_options
 
-    parsed = command_options(_parser(), argv)
-    if parsed is None:
-        return 0
-    opts, rest = parsed
+    opts, rest = command_options(_parser(), argv)
     if not 0 < opts.min_lr < opts.max_lr:
         raise ConfigError(f"need 0 < --min-lr < --max-lr, got {opts.min_lr} and {opts.max_lr}", "--min-lr")
     if opts.steps < 10:

@@ -37,10 +37,7 @@ def main(argv: Sequence[str]) -> int:
     """Pack the splits; prints what was written. Returns the exit code."""
     from trainkit.commands.common import command_options
 
-    parsed = command_options(_parser(), argv)
-    if parsed is None:
-        return 0
-    opts, rest = parsed
+    opts, rest = command_options(_parser(), argv)
     if opts.workers < 1:
         raise ConfigError(f"must be >= 1, got {opts.workers}", "--workers")
     from trainkit.data.packing import check_out, pack

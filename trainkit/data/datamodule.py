@@ -80,8 +80,9 @@ class DataModule(pl.LightningDataModule):
             them raw (for data already scaled; ``trainkit doctor`` warns when they are not).
         stats_sample: training images of a file source the statistics are computed from (a
             seeded sample; ``null``: all); in-memory sources always use the whole split.
-        mean, std: per channel (or feature) statistics in the ``[0, 1]`` scale of the inputs
-            instead of computed ones; ``mean`` may name a set (``imagenet``, ``cifar10``).
+        mean: per channel (or feature) means in the ``[0, 1]`` scale of the inputs instead of
+            computed ones (with ``std``), or the name of a set (``imagenet``, ``cifar10``).
+        std: per channel (or feature) standard deviations to go with a list ``mean``.
         permute_labels: shuffle the labels across samples before splitting (a randomization
             test: a model that still fits the training split memorizes; nothing generalizes).
         loader: ``dataloader`` (per-sample loading, any augmentation) or ``memory`` (the fast
