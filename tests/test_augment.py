@@ -144,6 +144,7 @@ def test_bad_augment_exits_2_naming_the_key(override, words, capsys):
     assert not Path("runs").exists()
 
 
+@pytest.mark.slow  # over 10 s: CI's slow pass (the default suite's budget)
 def test_preview_data_writes_a_png_grid_and_logs_it():
     import cv2
 

@@ -103,6 +103,7 @@ def test_nan_inputs_are_refused_naming_the_sample():
         check_inputs(ArrayData(x, np.arange(6) % 2, ("a", "b")), "mine", "data.dataset")
 
 
+@pytest.mark.slow  # over 10 s: CI's slow pass (the default suite's budget)
 def test_a_full_disk_ends_in_one_line_and_exit_1_and_leaves_no_half_checkpoint():
     exe = str(Path(sys.executable).with_name("trainkit"))
     # files may not grow beyond 100 KiB: config.yaml is written, a checkpoint (~1.3 MB) is not

@@ -40,6 +40,7 @@ def net_weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.startswith("net.")}
 
 
+@pytest.mark.slow  # over 10 s: CI's slow pass (the default suite's budget)
 def test_torchrun_two_workers_match_one_process_with_the_same_global_batch():
     # 19 full steps per epoch: with the padded last batch the two worlds would see different samples.
     # In float64: the two worlds add the same gradient terms in another order (two half-batch sums
@@ -71,6 +72,7 @@ def test_torchrun_two_workers_match_one_process_with_the_same_global_batch():
         assert json.loads((run / "metrics.json").read_text())["val/acc"] > 0.5  # chance is 0.1; 20 steps
 
 
+@pytest.mark.slow  # over 10 s: CI's slow pass (the default suite's budget)
 def test_two_torchrun_nodes_on_loopback_train_together():
     port = free_port()
     nodes = [
@@ -145,6 +147,7 @@ def test_launch_refuses_bad_input_before_starting_anything(argv, words, capsys):
     assert not Path("runs").exists()
 
 
+@pytest.mark.slow  # over 10 s: CI's slow pass (the default suite's budget)
 def test_resume_on_another_world_size_reports_it_and_rescales_the_lr():
     scaling = ["--model.lr_scaling={rule: linear, base_batch_size: 64}", "--data.batch_size=32", "--run.name=grow"]
     one = trainkit("fit", "--config", str(DEFAULT_RECIPE), *COMMON, *scaling, "--trainer.max_epochs=1")

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from conftest import DEFAULT_RECIPE, QUIET, trainkit
@@ -152,6 +153,7 @@ def test_resume_auto_continues_the_run_and_its_wandb_run(isolated):
     assert len(read_run(run_dir)["ids"]) == 1
 
 
+@pytest.mark.slow  # over 10 s: CI's slow pass (the default suite's budget)
 def test_resume_never_makes_a_new_version_and_keeps_the_old_run(isolated):
     from conftest import tree_digest
 

@@ -221,6 +221,7 @@ def test_cpu_sync_batchnorm_equals_batch_norm_over_the_global_batch(tmp_path):
         torch.testing.assert_close(r["running_var"], bn.running_var)
 
 
+@pytest.mark.slow  # over 10 s: CI's slow pass (the default suite's budget)
 def test_sync_batchnorm_in_a_two_process_gloo_run(isolated, monkeypatch):
     """A real `trainkit fit` with 2 DDP processes on the CPU: batch norm is synchronized on both ranks."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))

@@ -10,6 +10,7 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import DEFAULT_RECIPE, QUIET
 from wandb_records import read_run
@@ -107,6 +108,7 @@ def test_a_signal_after_training_lets_the_fit_finish(caplog):
     assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 10
 
 
+@pytest.mark.slow  # over 10 s: CI's slow pass (the default suite's budget)
 def test_a_signal_while_the_interpreter_starts_is_held_until_the_handler_takes_it():
     # as slurm.sbatch starts each task: SIGUSR1 blocked until trainkit installs its handler
     import subprocess

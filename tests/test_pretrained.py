@@ -109,6 +109,7 @@ def test_pretrained_keys_are_checked_and_the_vision_extra_named():
         build_arch("mlp", 10, (1, 8, 8), "relu", {"pretrained": "w.pt"})
 
 
+@pytest.mark.slow  # over 10 s: CI's slow pass (the default suite's budget)
 def test_a_broken_torchvision_beside_torch_is_one_clear_line(tmp_path):
     """A torchvision that fails to import (the CUDA build beside the CPU torch fails with this
     error) breaks `import torchmetrics`, so all of trainkit: one line, no traceback."""

@@ -53,6 +53,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 @pytest.mark.parametrize("mid_epoch", [False, True], ids=["after-epoch", "mid-epoch"])
+@pytest.mark.slow  # over 10 s: CI's slow pass (the default suite's budget)
 def test_killed_and_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(mid_epoch):
     extra = ["--checkpoint.every_n_steps=7"] if mid_epoch else []
     full = subprocess.run(fit("full", *extra), capture_output=True, text=True)

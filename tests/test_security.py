@@ -59,6 +59,7 @@ class KeyedNet(nn.Module):
 '''
 
 
+@pytest.mark.slow  # over 10 s: CI's slow pass (the default suite's budget)
 def test_secrets_never_reach_the_run_files(isolated, monkeypatch):
     secrets = {"WANDB_API_KEY": "0123456789abcdef0123456789abcdef01234567",
                "MY_SERVICE_TOKEN": "tok-5ecret-98765", "DB_PASSWORD": "hunter2hunter2"}
@@ -133,6 +134,7 @@ i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
 """
 
 
+@pytest.mark.slow  # over 10 s: CI's slow pass (the default suite's budget)
 def test_a_billion_laughs_recipe_exits_2_in_bounded_memory_and_time():
     import resource
     import subprocess

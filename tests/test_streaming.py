@@ -205,6 +205,7 @@ def test_pack_refuses_an_existing_out_and_leaves_it_untouched(packed, capsys):
     assert tree_digest(packed) == before
 
 
+@pytest.mark.slow  # over 10 s: CI's slow pass (the default suite's budget)
 def test_missing_litdata_exits_2_naming_the_install_command(tmp_path):
     # `import litdata` fails as on an install without it: None in sys.modules makes the import raise
     code = ("import sys; sys.modules['litdata'] = None; from trainkit.cli import main; "

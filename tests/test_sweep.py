@@ -97,6 +97,7 @@ def test_every_end_of_a_range_and_every_choice_is_checked_before_any_trial(space
     assert not Path("runs").exists(), "nothing is written for a refused space"
 
 
+@pytest.mark.slow  # over 10 s: CI's slow pass (the default suite's budget)
 def test_two_workers_share_one_sqlite_study_without_duplicate_grid_points():
     Path("space.yaml").write_text("model.optimizer.lr: {choice: [0.05, 0.1]}\nmodel.dropout: {choice: [0.0, 0.2]}\n")
     # this process is worker 0 and starts worker 1; 3 trials of a 4-point grid: 2 here, 1 there
