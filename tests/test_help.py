@@ -9,7 +9,8 @@ from conftest import DEFAULT_RECIPE, QUIET
 from trainkit.cli import main
 
 
-def test_fit_help_has_text_for_every_key_and_no_internals(capsys):
+def test_fit_help_has_text_for_every_key_and_no_internals(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps to the terminal: count lines at a fixed width
     assert main(["fit", "--help"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()

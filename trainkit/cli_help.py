@@ -26,6 +26,11 @@ OWN_HELP = {
     ),
     "trainer.enable_progress_bar": "Progress bar on the console (default on).",
     "trainer.enable_model_summary": "Model summary: one line on the console, the table in the run's trainkit.log.",
+    "ckpt_path": (
+        "fit: a checkpoint to continue from (null: run.resume decides; auto continues the run's last.ckpt). "
+        "test, validate, predict: best (default), last or a path."
+    ),
+    "weights_only": "Load ckpt_path with torch.load(weights_only=...) (null: Lightning's default).",
     "trainer.default_root_dir": "Unused by trainkit: every run lives in its run dir (run.root, run.experiment, run.name).",
 }
 # subclasses trainkit adds to every run itself, or that only Lightning's internals use
