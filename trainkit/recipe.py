@@ -69,7 +69,7 @@ def check_nulls(cfg: Any, groups: dict[str, Any]) -> None:
 def explain_parse_error(message: str, parser: Any) -> str:
     """jsonargparse's message, plus the closest valid keys for an unknown one."""
     message = message.strip()
-    nested = _unknown_nested_key(message)
+    nested = _unknown_nested_key(message) or _wrong_type(message)
     if nested:
         return nested
     unknown = re.search(r"unrecognized arguments: --([\w.]+)|accept (?:option|nested key) '([\w.]+)'", message)
@@ -84,6 +84,38 @@ def explain_parse_error(message: str, parser: Any) -> str:
         if siblings and len(siblings) <= 20:
             message += f" (valid: {', '.join(siblings)})"
     return message
+
+
+def _wrong_type(message: str) -> str | None:
+    """One line for a value of the wrong type, which jsonargparse reports over two to eight lines.
+
+    >>> print(_wrong_type('''Parser key "model.dropout":
+    ...   Does not validate against any of the Union subtypes
+    ...   Subtypes: [<class 'float'>, <class 'NoneType'>]
+    ...   Errors:
+    ...     - Expected a <class 'float'>
+    ...     - Expected a <class 'NoneType'>
+    ...   Given value type: <class 'str'>
+    ...   Given value: abc'''))
+    model.dropout: expected float or null, got 'abc'
+    >>> print(_wrong_type('''Parser key "data.batch_size":
+    ...   Expected a <class 'int'>. Got value: abc'''))
+    data.batch_size: expected int, got 'abc'
+    """
+    key = re.match(r'Parser key "([\w.]+)":', message)
+    union = re.search(r"Subtypes: \[(.*)\]", message)
+    given = re.search(r"Given value: (.*)$", message, re.M)
+    single = re.fullmatch(r'Parser key "[\w.]+":\s+Expected a <class \'(\w+)\'>\. Got value: (.*)', message, re.S)
+    if not key or not (single or (union and given and "- Expected a <class" in message)):
+        return None  # another kind of problem (a class path, a nested key): jsonargparse's message
+    if single:
+        types, value = [single.group(1)], single.group(2)
+    else:
+        if re.search(r"^\s+- (?!Expected a <class)", message, re.M):
+            return None  # some subtype failed for another reason than its type: keep the details
+        types = [("null" if t == "NoneType" else t) for t in re.findall(r"<class '(\w+)'>", union.group(1))]
+        value = given.group(1)
+    return f"{key.group(1)}: expected {' or '.join(types)}, got {value.strip()!r}"
 
 
 def _unknown_nested_key(message: str) -> str | None:
