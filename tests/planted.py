@@ -38,6 +38,10 @@ class SignalAt(Callback):
 
         Path(f"{self.out}.rank{trainer.global_rank}").write_text(str(trainer.global_step))
 
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        # a signal ends training with trainkit.preemption.Preempted (no on_fit_end after it)
+        self.on_fit_end(trainer, pl_module)
+
 
 class SaveOnException(Callback):
     """Save the in-memory model and optimizer state to ``path`` when the fit raises."""

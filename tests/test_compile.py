@@ -19,7 +19,7 @@ FAST = ["--data.num_workers=0", *QUIET, "--trainer.max_steps=4", "--trainer.log_
 
 
 def step_losses(run: str) -> list[float]:
-    rows = csv.DictReader(next(Path(f"runs/digits_mlp/{run}/csv").rglob("metrics.csv")).open())
+    rows = csv.DictReader(Path(f"runs/digits_mlp/{run}/metrics.csv").open())
     return [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
 
 
