@@ -51,6 +51,25 @@ def split_key(key: Any) -> tuple[int | None, int]:
     return None, int(key)
 
 
+def transform_image(img: np.ndarray, resize: tuple[int, int] | None, pipeline: Any, seed: int, epoch: int | None,
+                    index: int) -> np.ndarray:
+    """A decoded HWC (or HW) uint8 image resized to ``resize`` (None: as it is), then through
+    ``pipeline`` seeded by ``(seed, epoch, index)``; HWC. File and streamed samples share it."""
+    import cv2
+
+    from trainkit.data.augment import seed_pipeline
+
+    img = img[..., None] if img.ndim == 2 else img
+    if resize is not None and img.shape[:2] != tuple(resize):
+        img = cv2.resize(img, (resize[1], resize[0]), interpolation=cv2.INTER_AREA)
+        img = img[..., None] if img.ndim == 2 else img
+    if pipeline is not None:
+        seed_pipeline(pipeline, seed, epoch, index)
+        img = pipeline(image=img)["image"]
+        img = img[..., None] if img.ndim == 2 else img
+    return img
+
+
 class SourceSamples(Dataset):
     """Split ``indices`` of a file source, one sample read per ``__getitem__``: ``(CHW uint8, label)``.
 
@@ -79,25 +98,10 @@ class SourceSamples(Dataset):
 
     def image(self, key: Any) -> np.ndarray | None:
         """Sample ``key`` decoded and augmented, HWC uint8 (None if its file is unreadable)."""
-        import cv2
-
-        from trainkit.data.augment import seed_pipeline
-
         epoch, pos = split_key(key)
         i = int(self.indices[pos])
         img = self.source.read(i)
-        if img is None:
-            return None
-        if img.ndim == 2:
-            img = img[..., None]
-        if self.resize is not None and img.shape[:2] != tuple(self.resize):
-            img = cv2.resize(img, (self.resize[1], self.resize[0]), interpolation=cv2.INTER_AREA)
-            img = img[..., None] if img.ndim == 2 else img
-        if self.pipeline is not None:
-            seed_pipeline(self.pipeline, self.seed, epoch, i)
-            img = self.pipeline(image=img)["image"]
-            img = img[..., None] if img.ndim == 2 else img
-        return img
+        return None if img is None else transform_image(img, self.resize, self.pipeline, self.seed, epoch, i)
 
     def __getitem__(self, key: Any) -> tuple[torch.Tensor, torch.Tensor] | Unreadable:
         if not self.source.is_image:  # a user's float inputs: as they are

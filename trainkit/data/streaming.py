@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset, Subset, default_collate
 
 from trainkit.data.augment import seed_pipeline
+from trainkit.data.samples import transform_image
 from trainkit.data.shards import SPLITS, join, read_meta, require_litdata
 from trainkit.errors import ConfigError
 
@@ -143,13 +144,7 @@ class Decoder:
         if img is None:
             raise ValueError(f"sample {index} of the shards under {self.root!r} is not a readable image")
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if img.ndim == 3 else img
-        if self.resize is not None and img.shape[:2] != tuple(self.resize):
-            img = cv2.resize(img, (self.resize[1], self.resize[0]), interpolation=cv2.INTER_AREA)
-        img = img[..., None] if img.ndim == 2 else img
-        if self.pipeline is not None:
-            seed_pipeline(self.pipeline, self.seed, epoch, index)
-            img = self.pipeline(image=img)["image"]
-            img = img[..., None] if img.ndim == 2 else img
+        img = transform_image(img, self.resize, self.pipeline, self.seed, epoch, index)
         # a CHW view; the collate's stack writes the contiguous batch in one copy
         return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), label
 
