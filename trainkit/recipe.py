@@ -148,3 +148,21 @@ def _unknown_nested_key(message: str) -> str | None:
     close = [prefix + c for c in difflib.get_close_matches(option.group(1), params, n=2, cutoff=0.6)]
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     return f"{key}: unknown key{hint} (valid: {', '.join(valid)})"
+
+def ints_stay_ints(parser: Any) -> None:
+    """Parse the Trainer's ``int | float`` arguments int first, as Lightning declares them:
+    ``--trainer.limit_val_batches 1`` is one batch, ``1.0`` all of them (likewise the other
+    ``limit_*_batches``, ``overfit_batches``, ``val_check_interval``).
+
+    Lightning writes ``Optional[Union[int, float]]``, but typing caches unions by their set of
+    types, and lightning.fabric's ``Optional[Union[float, int]]`` is created first: the Trainer's
+    annotation *is* that float-first object, and jsonargparse, trying float first, reads 1 as
+    1.0 (100%) (Lightning issue 21259). There is no public way to retype an argument that
+    LightningCLI added, hence jsonargparse's ``_typehint`` of the action; a ``X | Y`` union is
+    not cached, so it keeps the order.
+    """
+    for action in parser._actions:
+        typehint = getattr(action, "_typehint", None)
+        args = set(getattr(typehint, "__args__", ()) or ())
+        if action.dest.startswith("trainer.") and args - {type(None)} == {int, float}:
+            action._typehint = int | float | None if type(None) in args else int | float

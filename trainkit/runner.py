@@ -31,15 +31,12 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from trainkit import safe_yaml
-from trainkit.callbacks.best import best_checkpoint, user_checkpoints
 from trainkit.callbacks.checkpointing import LastCheckpoint
-from trainkit.callbacks.curves import FitCurves
-from trainkit.callbacks.group import CallbackGroup
-from trainkit.callbacks.early_stopping import EarlyStoppingConfig, SmoothedEarlyStopping
-from trainkit.callbacks.progress import EpochLine, OneLineSummary, ProgressBar
-from trainkit.callbacks.rng import RNGState
-from trainkit.callbacks.throughput import Throughput, throughput_record
-from trainkit.callbacks.diagnostics import DiagnosticsConfig, diagnostics_callbacks
+from trainkit.callbacks.early_stopping import EarlyStoppingConfig
+from trainkit.callbacks.fit import add_fit_callbacks
+from trainkit.callbacks.progress import ProgressBar
+from trainkit.callbacks.throughput import throughput_record
+from trainkit.callbacks.diagnostics import DiagnosticsConfig
 from trainkit.callbacks.world import WorldRecord
 from trainkit.checkpoints import check_compatible, first_loadable, load_checkpoint, resume_point
 from trainkit.data.datamodule import DataModule
@@ -51,7 +48,7 @@ from trainkit.errors import ConfigError
 from trainkit.evaluation import evaluation_plots
 from trainkit.loggers import CSV_FILE, RunCSVLogger, finish_wandb, start_wandb, wandb_logger, write_wandb_id
 from trainkit.metrics import METRIC_NAMES
-from trainkit.recipe import CheckpointConfig, check_nulls, check_seed, explain_parse_error
+from trainkit.recipe import CheckpointConfig, check_nulls, check_seed, explain_parse_error, ints_stay_ints
 from trainkit.module import Classifier
 from trainkit import gpu_defaults
 from trainkit.gpu_defaults import GPUConfig
@@ -235,27 +232,10 @@ class TrainkitCLI(LightningCLI):
         if trainer_cfg.get("enable_progress_bar") is not False and not any(isinstance(c, LightningProgressBar) for c in callbacks):
             callbacks.append(ProgressBar(validation_bar=self.subcommand != "fit"))
         if self.subcommand == "fit":
-            self.best_checkpoint = best_checkpoint(self.run_dir.checkpoints, self.ckpt_cfg.monitor, self.ckpt_cfg.mode)
-            # first of the checkpoint callbacks: Lightning's trainer.checkpoint_callback is trainkit's "best"
-            callbacks.insert(0, self.best_checkpoint)
-            user_checkpoints(callbacks, self.best_checkpoint, self.run_dir.checkpoints)
-            callbacks += [
-                LastCheckpoint(self.run_dir.checkpoints / "last.ckpt", self.ckpt_cfg.every_n_steps),
-                # one Lightning callback for trainkit's own: Lightning dispatches every hook of
-                # every callback on every step (trainkit.callbacks.group)
-                CallbackGroup([
-                    *diagnostics_callbacks(self.diag_cfg),
-                    WorldRecord(self.datamodule.batch_size, check_lr_scaling(self.model.lr_scaling)),
-                    RNGState(),
-                    FitCurves(),
-                    Throughput(),
-                    EpochLine(self.ckpt_cfg.monitor, self.best_checkpoint),
-                ]),
-            ]
-            if trainer_cfg.get("enable_model_summary") is not False:
-                callbacks.append(OneLineSummary())
-            if self.es_cfg is not None:
-                callbacks.append(SmoothedEarlyStopping(self.es_cfg))
+            self.best_checkpoint = add_fit_callbacks(
+                callbacks, self.run_dir.checkpoints, self.ckpt_cfg, self.es_cfg, self.diag_cfg,
+                WorldRecord(self.datamodule.batch_size, check_lr_scaling(self.model.lr_scaling)),
+                summary=trainer_cfg.get("enable_model_summary") is not False)
         kwargs["callbacks"] = callbacks
         if SLURMEnvironment.detect() and not TorchElasticEnvironment.detect():
             # trainkit's LastCheckpoint checkpoints and requeues on SIGUSR1 instead of Lightning's handler
@@ -450,24 +430,6 @@ class TrainkitCLI(LightningCLI):
         _write_metrics(self.run_dir, {**metrics, **extra})
         self.result = StageResult(stage, metrics, self.run_dir.path, extra)
 
-
-def ints_stay_ints(parser: LightningArgumentParser) -> None:
-    """Parse the Trainer's ``int | float`` arguments int first, as Lightning declares them:
-    ``--trainer.limit_val_batches 1`` is one batch, ``1.0`` all of them (likewise the other
-    ``limit_*_batches``, ``overfit_batches``, ``val_check_interval``).
-
-    Lightning writes ``Optional[Union[int, float]]``, but typing caches unions by their set of
-    types, and lightning.fabric's ``Optional[Union[float, int]]`` is created first: the Trainer's
-    annotation *is* that float-first object, and jsonargparse, trying float first, reads 1 as
-    1.0 (100%) (Lightning issue 21259). There is no public way to retype an argument that
-    LightningCLI added, hence jsonargparse's ``_typehint`` of the action; a ``X | Y`` union is
-    not cached, so it keeps the order.
-    """
-    for action in parser._actions:
-        typehint = getattr(action, "_typehint", None)
-        args = set(getattr(typehint, "__args__", ()) or ())
-        if action.dest.startswith("trainer.") and args - {type(None)} == {int, float}:
-            action._typehint = int | float | None if type(None) in args else int | float
 
 
 def class_names(data: Any) -> list[str]:
