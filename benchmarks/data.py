@@ -132,7 +132,8 @@ def throughput(opts: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     folder = make_folder(Path(opts.dir) / "jpeg256", 2000, 256)
-    print("| workers | trainkit images/s | hand Dataset images/s | ratio |\n|---|---|---|---|")
+    print("| workers | trainkit images/s | hand Dataset images/s | ratio of medians | median of paired ratios |\n"
+          "|---|---|---|---|---|")
     for w in opts.workers:
         dm = DataModule(dataset="image_folder", root=str(folder), dataset_args={"size": [224, 224]}, batch_size=64,
                         num_workers=w, persistent_workers=False, augment={"train": "imagenet"}, mean="imagenet",
@@ -144,15 +145,17 @@ def throughput(opts: argparse.Namespace) -> None:
         arms = {"trainkit": lambda: dm.train_dataloader(),
                 "hand": lambda: DataLoader(hand, batch_size=64, shuffle=True, num_workers=w)}
         got: dict[str, list[float]] = {a: [] for a in arms}
-        for r in range(opts.reps):
+        for r in range(opts.reps):  # the arms alternate within a rep, first one, then the other
             for a in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
                 loader = arms[a]()
                 if a == "trainkit":
                     loader.sampler.set_epoch(r)
                 got[a].append(images_per_s(loader, opts.batches))
         t, h = statistics.median(got["trainkit"]), statistics.median(got["hand"])
+        # this VM's speed drifts by +-20% between reps; a rep's two arms ran seconds apart
+        paired = statistics.median(a / b for a, b in zip(got["trainkit"], got["hand"]))
         print(f"| {w} | {t:.0f} ({' '.join(f'{v:.0f}' for v in got['trainkit'])}) | "
-              f"{h:.0f} ({' '.join(f'{v:.0f}' for v in got['hand'])}) | {t / h:.3f} |")
+              f"{h:.0f} ({' '.join(f'{v:.0f}' for v in got['hand'])}) | {t / h:.3f} | {paired:.3f} |")
 
 
 def startup(opts: argparse.Namespace) -> None:

@@ -12,7 +12,7 @@ import yaml
 from conftest import DEFAULT_RECIPE, QUIET, trainkit
 
 from trainkit.cli import main
-from trainkit.data.augment import AUGMENTATIONS, AugmentedImages, build_pipeline, pipeline_dict
+from trainkit.data.augment import AUGMENTATIONS, AugmentedImages, KeyedRandom, build_pipeline, pipeline_dict, seed_pipeline
 from trainkit.data.datamodule import DataModule, standardization_stats, stratified_split
 from trainkit.data.datasets import ArrayData
 from trainkit.runner import TrainkitCLI
@@ -197,6 +197,38 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index_whatever_the_workers
     assert len(torch.unique(flat, dim=0)) == len(flat), "every sample of an epoch draws its own augmentation"
     # worker 0 and worker 1 take alternate batches: their samples differ too (the unique check)
     assert not torch.equal(first, second), "a new epoch draws anew"
+
+
+def test_keyed_random_is_a_function_of_its_key_alone_and_uniform_across_keys():
+    import pickle
+
+    a, b = KeyedRandom(), KeyedRandom()
+    a.reset(7, 1, 3)
+    first = (a.numpy.random(4).tolist(), [a.python.random() for _ in range(4)], a.python.randint(0, 10**30),
+             a.python.sample(range(1000), 5))
+    b.reset(9, 9, 9)
+    b.numpy.random(100)  # b's history must not matter
+    b.reset(7, 1, 3)
+    assert (b.numpy.random(4).tolist(), [b.python.random() for _ in range(4)], b.python.randint(0, 10**30),
+            b.python.sample(range(1000), 5)) == first
+    b.reset(7, 1, 4)
+    assert b.numpy.random(4).tolist() != first[0]
+    # the first draw of 4,000 neighbouring keys: uniform on [0, 1) (std of the mean 1/sqrt(12 n); 5 of them)
+    # and no two keys alike (a hash collision of the state would repeat a draw exactly)
+    draws = []
+    for i in range(4000):
+        a.reset(0, 1, i)
+        draws.append(a.numpy.random())
+    assert abs(np.mean(draws) - 0.5) < 5 / np.sqrt(12 * 4000)
+    assert len(set(draws)) == 4000
+    # a pipeline pickled into a DataLoader worker draws as the original does
+    img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    pipe = A.Compose(AUGMENTATIONS.get("imagenet")(32, 32))
+    seed_pipeline(pipe, 0, 2, 11)
+    copy = pickle.loads(pickle.dumps(pipe))
+    seed_pipeline(pipe, 0, 2, 11)
+    seed_pipeline(copy, 0, 2, 11)
+    assert np.array_equal(pipe(image=img)["image"], copy(image=img)["image"])
 
 
 def test_a_pipeline_that_resizes_only_sometimes_is_refused_with_every_transform_on(capsys):

@@ -133,8 +133,8 @@ class Decoder:
         self.channels, self.max_value = source.channels, source.max_value
         self.pipeline, self.seed, self.resize = pipeline, seed, resize
 
-    def __call__(self, sample: dict[str, Any], epoch: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        index, label = int(sample["index"]), torch.tensor(int(sample["label"]))
+    def __call__(self, sample: dict[str, Any], epoch: int | None) -> tuple[torch.Tensor, int]:
+        index, label = int(sample["index"]), int(sample["label"])  # the collate makes the batch's tensor
         if self.encoding == "float32":
             return torch.from_numpy(self._floats(sample["x"], epoch, index)), label
         import cv2
