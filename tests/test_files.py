@@ -47,6 +47,18 @@ def test_image_folder_scans_labels_and_sizes_and_decodes_rgb_on_demand(tmp_path)
     assert grey.read(0).shape == (10, 10)
 
 
+def test_a_file_emptied_or_removed_after_the_scan_is_unreadable_not_a_crash(tmp_path):
+    from trainkit.data.samples import SourceSamples, Unreadable
+
+    data = image_folder(str(make_folder(tmp_path / "imgs")))
+    Path(data.describe(3)).write_bytes(b"")  # OpenCV asserts on an empty buffer
+    Path(data.describe(4)).unlink()
+    samples = SourceSamples(data, np.arange(12), data.y, None, 0, None)
+    assert samples[3] == Unreadable(data.describe(3)) and samples[4] == Unreadable(data.describe(4))
+    x, y = samples[5]
+    assert x.shape == (3, 10, 10) and x.dtype == torch.uint8 and y == 0
+
+
 def test_corrupt_file_is_an_error_naming_it_or_a_logged_skip(tmp_path, caplog):
     root = make_folder(tmp_path / "imgs")
     bad = root / "red" / "broken.png"
