@@ -1,25 +1,22 @@
 """The Lightning stages (fit, validate, test, predict) driven by a recipe, via LightningCLI.
 
 ``run(argv)`` parses a recipe plus dotted overrides, builds the model, data module and
-trainer, runs the stage in its run dir and returns a :class:`StageResult`; the CLI prints it.
+trainer (here), runs the stage in its run dir (:mod:`trainkit.stages`) and returns a
+:class:`~trainkit.stages.StageResult`; the CLI prints it.
 Bad input raises :class:`~trainkit.errors.ConfigError` (or exits 2 from jsonargparse) before
 any file is written.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import warnings
 from argparse import ArgumentError
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 import yaml
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -31,54 +28,40 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from trainkit import safe_yaml
-from trainkit.callbacks.checkpointing import LastCheckpoint
 from trainkit.callbacks.early_stopping import EarlyStoppingConfig
 from trainkit.callbacks.fit import add_fit_callbacks
 from trainkit.callbacks.progress import ProgressBar
-from trainkit.callbacks.throughput import throughput_record
 from trainkit.callbacks.diagnostics import DiagnosticsConfig
 from trainkit.callbacks.world import WorldRecord
-from trainkit.checkpoints import check_compatible, first_loadable, load_checkpoint, resume_point
+from trainkit.checkpoints import load_checkpoint
 from trainkit.data.datamodule import DataModule
-from trainkit.data.preview import augment_seed, pipelines_config, save_pipelines
+from trainkit.data.preview import augment_seed, pipelines_config
 from trainkit import cli_help
 from trainkit.console import attach_run_log, detach_run_log
-from trainkit.ensemble import check_ensemble, run_ensemble
+from trainkit.ensemble import check_ensemble
 from trainkit.errors import ConfigError
-from trainkit.evaluation import evaluation_plots
-from trainkit.loggers import CSV_FILE, RunCSVLogger, finish_wandb, start_wandb, wandb_logger, write_wandb_id
-from trainkit.metrics import METRIC_NAMES
+from trainkit.loggers import CSV_FILE, RunCSVLogger, finish_wandb, start_wandb, wandb_logger
 from trainkit.recipe import CheckpointConfig, check_nulls, check_seed, explain_parse_error, ints_stay_ints
 from trainkit.module import Classifier
 from trainkit import gpu_defaults
 from trainkit.gpu_defaults import GPUConfig
 from trainkit.nn.compile import check_toolchain
 from trainkit.optim.scaling import check_lr_scaling
-from trainkit.preemption import PREEMPTION, Preempted
-from trainkit.predict import output_path, resolve_input, write_predictions
+from trainkit.preemption import PREEMPTION
 from trainkit.registry import import_from_cwd
-from trainkit.rundir import RUN_DIR_ENV, RunConfig, RunDir, atomic_write_text, resolve_run_dir, resume_candidates
+from trainkit.rundir import RunConfig, resolve_run_dir
 from trainkit.run_recipe import (
-    check_against_checkpoint, check_data_matches, describe_changes, record_changes, with_run_recipe,
+    check_against_checkpoint, check_data_matches, with_run_recipe,
 )
 from trainkit.runlock import RunLock, launcher_rank
 from trainkit.secrets import redact
-from trainkit.verdict import fit_report
+from trainkit.stages import StageResult, Stages
 
 log = logging.getLogger(__name__)
 EVALUATIONS = ("validate", "test", "predict")
 
-@dataclass
-class StageResult:
-    """What a stage reports: its metrics and where its run dir is."""
 
-    stage: str
-    metrics: dict[str, float]
-    run_dir: Path
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class TrainkitCLI(LightningCLI):
+class TrainkitCLI(Stages, LightningCLI):
     """LightningCLI with trainkit's run dir, checkpoints, W&B logger and results."""
 
     def __init__(self, args: list[str], run_stage: bool = True):
@@ -295,7 +278,7 @@ class TrainkitCLI(LightningCLI):
             if isinstance(logger, WandbLogger):
                 start_wandb(logger, self.subcommand, record)
 
-    # -- stages -------------------------------------------------------------------------------
+    # -- running a stage (what each stage does: trainkit.stages) --------------------------
     def _run_subcommand(self, subcommand: str) -> None:
         if not self.run_stage:
             return
@@ -308,159 +291,10 @@ class TrainkitCLI(LightningCLI):
             cfg["weights_only"] = True
         super()._run_subcommand(subcommand)
 
-    def before_fit(self) -> None:
-        cfg = self.config_init["fit"]
-        # the checkpoint to continue from is checked (safe load, compatible weights) before
-        # the run dir is touched; an unreadable last.ckpt falls back to previous.ckpt
-        key = "ckpt_path" if cfg.get("ckpt_path") else "run.resume"
-        candidates = [Path(cfg["ckpt_path"])] if cfg.get("ckpt_path") else resume_candidates(self.run_cfg, self.run_dir)
-        found = first_loadable(candidates, key)
-        if found:
-            check_compatible(found[1], self.model, found[0], key)
-            cfg["ckpt_path"] = str(found[0])
-            if self.trainer.is_global_zero:  # trainkit's own line: on the console (Lightning's go to the log file)
-                log.info("resuming from %s: training continues at %s", found[0], resume_point(found[1]))
-        for logger in self.trainer.loggers:
-            if isinstance(logger, RunCSVLogger):
-                # the history continues from the checkpoint's step; rows after it are dropped
-                logger.resume_step = int(found[1].get("global_step", 0)) if found else 0
-        if "LOCAL_RANK" not in os.environ:
-            # the processes Lightning starts for the other devices inherit this: one run dir
-            os.environ[RUN_DIR_ENV] = str(self.run_dir.path)
-        create_run_dir(self.run_dir, self.recipe_text, str(found[0]) if found else None)
-        save_pipelines(self.run_dir.path, self.datamodule)
-        self._start_logging()
-
-    def before_validate(self) -> None:
-        self._start_evaluation()
-
-    def before_test(self) -> None:
-        self._start_evaluation()
-
-    def before_predict(self) -> None:
-        self._start_evaluation()
-
-    def _start_evaluation(self) -> None:
-        ckpt = self.config_init[self.subcommand]["ckpt_path"]
-        self._start_logging({"checkpoint": os.path.relpath(ckpt, self.run_dir.path), **self.eval_settings})
-        if self.eval_settings:
-            log.info("evaluation settings from the command line: %s",
-                     ", ".join(f"model.{k}={v}" for k, v in self.eval_settings.items()))
-
-    def fit(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
-        try:
-            self.trainer.fit(model, datamodule=datamodule, **kwargs)
-        except Preempted:
-            pass  # LastCheckpoint saved, flushed and requeued: the job continues from last.ckpt
-        last = next(c for c in self.trainer.callbacks if isinstance(c, LastCheckpoint))
-        if last.preempted:
-            # the requeued job (or the next `fit` with resume: auto) continues from last.ckpt
-            self.result = StageResult("fit", {}, self.run_dir.path, {"fit/preempted_at_step": self.trainer.global_step})
-            return
-        if PREEMPTION.received and self.trainer.is_global_zero:
-            log.info("%s arrived after training ended: finishing the last steps (the final validation and "
-                     "metrics); nothing is left to requeue", PREEMPTION.name)
-        best = self.best_checkpoint.best_model_path if self.best_checkpoint is not None else ""
-        # before validate(): loading best.ckpt there restores the callbacks' states of that epoch
-        report = fit_report(self.trainer, best, datamodule.num_classes)
-        if "fit/validation" in report:
-            # nothing was validated (data.val_fraction: 0, ...): report what exists, as the line says
-            metrics = {k: v for k, v in self.trainer.callback_metrics.items()
-                       if k.startswith("train/") and k.split("/", 1)[1] in METRIC_NAMES}
-        else:
-            # fit reports the validation metrics of the checkpoint it calls best, not the last epoch
-            metrics = self._validate_best(model, datamodule, best)
-        self._finish(
-            "fit",
-            metrics,
-            {
-                "fit/best_checkpoint": Path(best).name if best else None,
-                "fit/epochs": self.trainer.current_epoch,
-                **throughput_record(self.trainer),
-                **report,
-            },
-        )
-
-    def _validate_best(self, model: Classifier, datamodule: DataModule, best: str) -> dict[str, float]:
-        """Validate ``best`` (the final model when empty) and log its metrics as ``best/val/*``:
-        under the val curves' own names it would be one more point of them, a jump back to the
-        best value at the last step."""
-        loggers, self.trainer.loggers = self.trainer.loggers, []
-        try:
-            metrics = first(self.trainer.validate(model, datamodule=datamodule, ckpt_path=best or None,
-                                                  verbose=False, weights_only=True))
-        finally:
-            self.trainer.loggers = loggers
-        if self.trainer.is_global_zero:
-            for logger in loggers:
-                logger.log_metrics({f"best/{k}": float(v) for k, v in metrics.items()}, step=self.trainer.global_step)
-                logger.save()
-        return metrics
-
-    def validate(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
-        if self.ensemble:
-            return self._finish("validate", *run_ensemble(self, "val"))
-        with fit_callbacks_not_restored():
-            metrics = first(self.trainer.validate(model, datamodule=datamodule, **{**kwargs, "verbose": False}))
-        self._finish("validate", metrics)
-
-    def test(self, model: Classifier, datamodule: DataModule, **kwargs: Any) -> None:
-        if self.ensemble:
-            return self._finish("test", *run_ensemble(self, "test"))
-        with fit_callbacks_not_restored():
-            metrics = first(self.trainer.test(model, datamodule=datamodule, **{**kwargs, "verbose": False}))
-        plots = evaluation_plots(self.trainer, model, datamodule, self.run_dir.path)
-        self._finish("test", metrics, {"test/checkpoint": str(kwargs.get("ckpt_path")), **plots})
-
-    def predict(self, model: Classifier, datamodule: DataModule, input: str = "test", **kwargs: Any) -> None:
-        inp = resolve_input(input, datamodule)
-        loader = torch.utils.data.DataLoader(inp.dataset, batch_size=datamodule.batch_size, num_workers=datamodule.num_workers)
-        with fit_callbacks_not_restored():
-            batches = self.trainer.predict(model, dataloaders=loader, **kwargs)
-        out = output_path(self.run_dir.path, inp.name)
-        _write_predictions(out, batches, inp, datamodule.data.classes)
-        self.result = StageResult("predict", {}, self.run_dir.path, {"predictions": str(out)})
-
-    def _finish(self, stage: str, metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
-        metrics = {k: float(v) for k, v in metrics.items()}
-        extra = extra or {}
-        if self.model.hparams.num_classes == 2:  # which class precision/recall/F1 score
-            i = self.model.positive_class
-            extra = {**extra, f"{stage}/positive_class": f"{self.datamodule.data.classes[i]} (index {i})"}
-        _write_metrics(self.run_dir, {**metrics, **extra})
-        self.result = StageResult(stage, metrics, self.run_dir.path, extra)
-
-
 
 def class_names(data: Any) -> list[str]:
     """The class names of a data module's dataset (linked into ``model.class_names``)."""
     return [str(c) for c in data.classes]
-
-
-@rank_zero_only
-def create_run_dir(run_dir: RunDir, recipe_text: str, resumed_from: str | None = None) -> None:
-    """Make the run dir; write config.yaml and the W&B id if absent. A run dir that has a
-    config.yaml already (a resume, a restart) keeps it unless the recipe changed: then the
-    change is printed and recorded (:func:`trainkit.run_recipe.record_changes`)."""
-    run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
-    if not run_dir.config_file.exists():
-        atomic_write_text(run_dir.config_file, recipe_text)
-    else:
-        changes = record_changes(run_dir.path, recipe_text, resumed_from)
-        if changes:
-            log.info("recipe changed since this run's config.yaml: %s (recorded in config_history.yaml)",
-                     describe_changes(changes))
-    write_wandb_id(run_dir)
-
-
-@rank_zero_only
-def _write_metrics(run_dir: RunDir, metrics: dict[str, Any]) -> None:
-    run_dir.write_metrics(metrics)
-
-
-@rank_zero_only
-def _write_predictions(path: Path, *args: Any) -> None:
-    write_predictions(path, *args)
 
 
 def run(argv: list[str]) -> StageResult:
@@ -481,18 +315,3 @@ def run(argv: list[str]) -> StageResult:
         return cli.result
     finally:
         finish_wandb()
-
-
-@contextlib.contextmanager
-def fit_callbacks_not_restored() -> Iterator[None]:
-    """An evaluation loads a fit's checkpoint, whose fit-only callbacks (best/last bookkeeping,
-    RNG states, world record) have nothing to restore: Lightning's warning that they are not
-    in the Trainer is noise here."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
-        yield
-
-
-def first(results: list[dict[str, float]]) -> dict[str, float]:
-    """The metrics of a validate/test call: none when its batches are limited to 0."""
-    return results[0] if results else {}

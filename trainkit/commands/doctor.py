@@ -89,7 +89,8 @@ def format_report(checks: list[Check]) -> str:
 
 def run_doctor(args: list[str], overfit_steps: int = 100, sweep_steps: int = 60) -> tuple[list[Check], Path]:
     """Build the recipe as ``fit`` would, run every check; writes doctor.json/png. Returns (checks, run dir)."""
-    from trainkit.runner import TrainkitCLI, create_run_dir
+    from trainkit.runner import TrainkitCLI
+    from trainkit.stages import create_run_dir
 
     # no logger: the doctor writes its own files and starts no W&B run
     cli = TrainkitCLI(["fit", *args, "--run.resume=never", "--trainer.logger=false"], run_stage=False)
