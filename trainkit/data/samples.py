@@ -104,16 +104,16 @@ class SourceSamples(Dataset):
         return None if img is None else transform_image(img, self.resize, self.pipeline, self.seed, epoch, i)
 
     def __getitem__(self, key: Any) -> tuple[torch.Tensor, int] | Unreadable:
+        pos = split_key(key)[1]
         if not self.source.is_image:  # a user's float inputs: as they are
-            pos = split_key(key)[1]
             return torch.from_numpy(self.source.read(int(self.indices[pos]))), int(self.labels[pos])
         img = self.image(key)
         if img is None:
-            return Unreadable(self.source.describe(int(self.indices[split_key(key)[1]])))
+            return Unreadable(self.source.describe(int(self.indices[pos])))
         # a CHW view (the collate's stack writes the contiguous batch in one copy); the label a
         # Python int (the collate makes one int64 tensor of a batch's; a tensor per sample from a
         # NumPy scalar costs more than the label is worth)
-        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), int(self.labels[split_key(key)[1]])
+        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), int(self.labels[pos])
 
 
     def raw_inputs(self, limit: int = 2000) -> np.ndarray:
